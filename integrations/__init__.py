@@ -1,0 +1,1 @@
+"""Adapters that plug rag-plugins servers into LightRAG and RAG-Anything."""

@@ -1,0 +1,202 @@
+"""The one HTTP client policy every rag-plugins client class uses.
+
+* Async path: one ``aiohttp.ClientSession`` per event loop, reused for every request on that loop.
+* Sync path: the same async code, run on one private background event loop (one thread for the whole
+  process), so sync calls reuse that loop's session and its keep-alive connections, and work inside
+  Jupyter, whose own loop is already running.
+* Retries: connection errors, timeouts and HTTP 429/502/503/504 are retried with exponential backoff and
+  jitter; a ``Retry-After`` header is honoured. Other 4xx are raised at once as
+  :class:`~rag_plugins.errors.ServerResponseError` carrying the server's own message.
+* Auth: ``Authorization: Bearer <api_key>`` when a key is given.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import threading
+from collections.abc import Coroutine
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import aiohttp
+
+from rag_plugins.errors import ServerResponseError, ServerUnavailableError
+
+T = TypeVar("T")
+
+DEFAULT_TIMEOUT_S = 300.0
+DEFAULT_MAX_RETRIES = 8
+RETRYABLE_STATUSES = frozenset({429, 502, 503, 504})
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """When and how long to wait before trying a request again.
+
+    Attributes:
+        max_retries: Retries after the first attempt (0: no retry).
+        backoff_base_s: First backoff; doubles each retry.
+        backoff_max_s: Cap of one wait, ``Retry-After`` included.
+    """
+
+    max_retries: int = DEFAULT_MAX_RETRIES
+    backoff_base_s: float = 0.2
+    backoff_max_s: float = 30.0
+
+    def delay_s(self, attempt: int, retry_after: str | None = None) -> float:
+        """Seconds to wait before retry number ``attempt`` (0-based)."""
+        if retry_after:
+            try:
+                return min(self.backoff_max_s, max(0.0, float(retry_after))) + random.uniform(0, 0.1)
+            except ValueError:
+                pass  # an HTTP-date; fall back to backoff
+        backoff = min(self.backoff_max_s, self.backoff_base_s * (2**attempt))
+        return backoff * random.uniform(0.5, 1.0)
+
+
+class _BackgroundLoop:
+    """One event loop on a daemon thread, shared by the sync paths of every client in the process."""
+
+    _lock = threading.Lock()
+    _instance: _BackgroundLoop | None = None
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="rag-plugins-http", daemon=True)
+        self.thread.start()
+
+    @classmethod
+    def get(cls) -> _BackgroundLoop:
+        with cls._lock:
+            if cls._instance is None or not cls._instance.thread.is_alive():
+                cls._instance = cls()
+            return cls._instance
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+
+
+def _error_from_body(status: int, text: str, url: str) -> ServerResponseError:
+    message, error_type = text.strip()[:2000] or f"HTTP {status}", "http_error"
+    try:
+        body = json.loads(text)
+    except ValueError:
+        body = None
+    if isinstance(body, dict):
+        err = body.get("error")
+        if isinstance(err, dict) and "message" in err:
+            message, error_type = str(err["message"]), str(err.get("type", error_type))
+        elif isinstance(err, str):
+            message = err
+        elif "detail" in body:
+            message = str(body["detail"])
+        elif "message" in body:
+            message = str(body["message"])
+    return ServerResponseError(status, message, error_type, url)
+
+
+class ServiceClient:
+    """JSON-over-HTTP client of one server, with the shared retry/auth/error policy.
+
+    Args:
+        base_url: Server root, e.g. ``http://127.0.0.1:8001``.
+        api_key: Sent as ``Authorization: Bearer``; None for none.
+        timeout_s: Total seconds for one attempt.
+        retry: Retry policy.
+        headers: Extra headers for every request.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str | None = None,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        retry: RetryPolicy | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.timeout_s = timeout_s
+        self.retry = retry or RetryPolicy()
+        self._headers = {"Content-Type": "application/json", "Accept": "application/json", **(headers or {})}
+        if api_key:
+            self._headers["Authorization"] = f"Bearer {api_key}"
+        self._sessions: dict[asyncio.AbstractEventLoop, aiohttp.ClientSession] = {}
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------------------------------ sessions
+    def _session(self) -> aiohttp.ClientSession:
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            for old_loop in [lp for lp in self._sessions if lp.is_closed()]:
+                del self._sessions[old_loop]
+            session = self._sessions.get(loop)
+            if session is None or session.closed:
+                session = aiohttp.ClientSession(
+                    headers=self._headers,
+                    timeout=aiohttp.ClientTimeout(total=self.timeout_s),
+                    connector=aiohttp.TCPConnector(limit=64, keepalive_timeout=60),
+                )
+                self._sessions[loop] = session
+            return session
+
+    async def aclose(self) -> None:
+        """Close the session of the running loop."""
+        loop = asyncio.get_running_loop()
+        session = self._sessions.pop(loop, None)
+        if session is not None:
+            await session.close()
+
+    def close(self) -> None:
+        """Close the session the sync path uses."""
+        background = _BackgroundLoop.get()
+        session = self._sessions.pop(background.loop, None)
+        if session is not None:
+            background.run(session.close())
+
+    # ------------------------------------------------------------------------------------------ requests
+    def url(self, path: str) -> str:
+        return path if path.startswith(("http://", "https://")) else f"{self.base_url}/{path.lstrip('/')}"
+
+    async def arequest(self, method: str, path: str, payload: Any | None = None) -> Any:
+        """Send one request with retries; return the parsed JSON answer.
+
+        Raises:
+            ServerResponseError: a non-retryable error status, or a retryable one after the last retry.
+            ServerUnavailableError: the server could not be reached through every retry.
+        """
+        url = self.url(path)
+        data = None if payload is None else json.dumps(payload, ensure_ascii=False).encode("utf-8")
+        attempt = 0
+        while True:
+            try:
+                async with self._session().request(method, url, data=data) as resp:
+                    text = await resp.text()
+                    if resp.status < 400:
+                        return json.loads(text) if text else None
+                    error = _error_from_body(resp.status, text, url)
+                    if resp.status not in RETRYABLE_STATUSES or attempt >= self.retry.max_retries:
+                        raise error
+                    wait = self.retry.delay_s(attempt, resp.headers.get("Retry-After"))
+            except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, asyncio.TimeoutError) as exc:
+                if attempt >= self.retry.max_retries:
+                    raise ServerUnavailableError(
+                        f"{method} {url} failed after {attempt + 1} attempts: {type(exc).__name__}: {exc}"
+                    ) from exc
+                wait = self.retry.delay_s(attempt)
+            attempt += 1
+            await asyncio.sleep(wait)
+
+    async def apost(self, path: str, payload: Any) -> Any:
+        return await self.arequest("POST", path, payload)
+
+    async def aget(self, path: str) -> Any:
+        return await self.arequest("GET", path)
+
+    def post(self, path: str, payload: Any) -> Any:
+        """Sync :meth:`apost` (runs on the shared background loop; safe inside Jupyter)."""
+        return _BackgroundLoop.get().run(self.apost(path, payload))
+
+    def get(self, path: str) -> Any:
+        return _BackgroundLoop.get().run(self.aget(path))

@@ -1,0 +1,358 @@
+"""Wire protocol shared by the servers and the clients (pydantic, torch-free).
+
+Request models validate what a client may send; response models document what the servers return and are
+used by clients to parse it. The servers serialise embeddings straight from numpy (see
+``servers.responses``) because building one pydantic float per vector element is too slow for bulk
+ingestion; the shapes are the ones declared here.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Annotated, Any, Literal
+
+import numpy as np
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
+
+InputType = Literal["query", "document"]
+EncodingFormat = Literal["float", "base64"]
+
+#: Spellings of ``input_type`` that clients in the field send, mapped to the two kinds the recipes know.
+INPUT_TYPE_ALIASES: dict[str, InputType] = {
+    "query": "query",
+    "search_query": "query",
+    "document": "document",
+    "passage": "document",
+    "search_document": "document",
+}
+
+NonEmptyText = Annotated[str, Field(min_length=1)]
+
+
+def _normalise_input_type(value: Any) -> Any:
+    if value is None or not isinstance(value, str):
+        return value
+    key = value.strip().lower()
+    if key not in INPUT_TYPE_ALIASES:
+        allowed = ", ".join(sorted(INPUT_TYPE_ALIASES))
+        raise ValueError(f"unknown input_type {value!r}; use one of: {allowed}")
+    return INPUT_TYPE_ALIASES[key]
+
+
+def _reject_blank(texts: list[str]) -> list[str]:
+    for i, text in enumerate(texts):
+        if not text.strip():
+            raise ValueError(f"item {i} is empty or whitespace only; every text must have content")
+    return texts
+
+
+class StrictRequest(BaseModel):
+    """Base for request bodies: unknown fields are ignored, values are never coerced across types."""
+
+    model_config = ConfigDict(extra="ignore", strict=True, populate_by_name=True)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Embeddings
+# --------------------------------------------------------------------------------------------------------
+
+
+class EmbedRequest(StrictRequest):
+    """Body of ``POST /embed`` (the project's native shape)."""
+
+    texts: list[NonEmptyText] = Field(min_length=1, description="Texts to embed, in order.")
+    input_type: InputType = Field(
+        default="document",
+        validation_alias=AliasChoices("input_type", "prompt"),
+        description='"query" gets the model\'s query instruction; "document" (alias "passage") gets none.',
+    )
+    instruction: str | None = Field(
+        default=None, description="Task instruction for queries; the model's default when omitted."
+    )
+    dimensions: int | None = Field(
+        default=None, ge=1, description="Matryoshka truncation: keep the first N dimensions, re-normalised."
+    )
+    normalize: bool = Field(default=True, description="L2-normalise the returned vectors.")
+    truncate: bool = Field(
+        default=True, description="Truncate over-long texts to the server's max length (false: 413 instead)."
+    )
+    encoding_format: EncodingFormat = Field(
+        default="float", description='"base64" returns little-endian float32 bytes per vector (extension).'
+    )
+
+    _check_input_type = field_validator("input_type", mode="before")(_normalise_input_type)
+    _check_texts = field_validator("texts")(_reject_blank)
+
+
+class Usage(BaseModel):
+    """Token accounting of one request."""
+
+    prompt_tokens: int = Field(description="Tokens fed to the model, after templates and truncation.")
+    total_tokens: int = Field(default=0, description="Same as prompt_tokens for embedding and rerank models.")
+
+
+class EmbedResponse(BaseModel):
+    """Answer of ``POST /embed`` and ``POST /embed_image``."""
+
+    embeddings: list[list[float]] | list[str] = Field(description="One vector per input, input order.")
+    dim: int = Field(description="Length of each vector.")
+    model: str = Field(description="Served model name.")
+    usage: Usage
+
+    def as_array(self) -> np.ndarray:
+        """Return the vectors as a float32 array of shape (n, dim)."""
+        return embeddings_to_array(self.embeddings, self.dim)
+
+
+def embeddings_to_array(items: list[list[float]] | list[str], dim: int) -> np.ndarray:
+    """Turn float lists or base64 float32 strings into one (n, dim) float32 array."""
+    if not items:
+        return np.zeros((0, dim), dtype=np.float32)
+    if isinstance(items[0], str):
+        rows = [decode_base64_vector(str(s)) for s in items]
+        return np.stack(rows).astype(np.float32, copy=False)
+    return np.asarray(items, dtype=np.float32)
+
+
+def decode_base64_vector(data: str) -> np.ndarray:
+    """Decode one base64 string of little-endian float32 values (the OpenAI ``base64`` format)."""
+    return np.frombuffer(base64.b64decode(data), dtype="<f4")
+
+
+class OpenAIEmbeddingRequest(StrictRequest):
+    """Body of ``POST /v1/embeddings`` (OpenAI shape plus ``input_type`` / ``instruction`` extensions)."""
+
+    model_config = ConfigDict(extra="ignore", strict=False, populate_by_name=True)
+
+    input: str | list[str] | list[int] | list[list[int]] = Field(
+        description="A text, texts, one token-id array or several token-id arrays."
+    )
+    model: str | None = Field(default=None, description="Ignored beyond validation: one model per server.")
+    encoding_format: EncodingFormat = Field(default="float")
+    dimensions: int | None = Field(default=None, ge=1)
+    user: str | None = None
+    input_type: InputType = Field(default="document", validation_alias=AliasChoices("input_type", "prompt"))
+    instruction: str | None = None
+
+    _check_input_type = field_validator("input_type", mode="before")(_normalise_input_type)
+
+    @field_validator("input", mode="before")
+    @classmethod
+    def _check_input(cls, value: Any) -> Any:
+        # Validate by hand so the message says what is wrong instead of four union branches' errors.
+        if isinstance(value, str):
+            if not value.strip():
+                raise ValueError("input is an empty string")
+            return value
+        if not isinstance(value, list):
+            raise ValueError("input must be a string, a list of strings, or token-id arrays")
+        if not value:
+            raise ValueError("input is an empty list")
+        if all(isinstance(v, str) for v in value):
+            _reject_blank(value)
+            return value
+        if all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            if any(v < 0 for v in value):
+                raise ValueError("token ids must be non-negative")
+            return value
+        if all(isinstance(v, list) for v in value):
+            for i, row in enumerate(value):
+                if not row:
+                    raise ValueError(f"token array {i} is empty")
+                if not all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in row):
+                    raise ValueError(f"token array {i} must hold non-negative integers only")
+            return value
+        raise ValueError("input items must all be strings, or all be token ids, or all be token-id arrays")
+
+    def items(self) -> list[str] | list[list[int]]:
+        """Inputs as a list of texts or a list of token-id arrays."""
+        if isinstance(self.input, str):
+            return [self.input]
+        if self.input and isinstance(self.input[0], int):
+            return [list(self.input)]  # type: ignore[arg-type]
+        return list(self.input)  # type: ignore[arg-type]
+
+
+class OpenAIEmbeddingData(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float] | str
+
+
+class OpenAIEmbeddingResponse(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[OpenAIEmbeddingData]
+    model: str
+    usage: Usage
+
+
+# --------------------------------------------------------------------------------------------------------
+# Reranking
+# --------------------------------------------------------------------------------------------------------
+
+
+class DocInput(StrictRequest):
+    """A document (or query) that may carry an image for multimodal rerankers."""
+
+    text: str | None = None
+    image: Any | None = Field(default=None, description="ImageInput: data URI, base64, {path}, {url}.")
+
+    @model_validator(mode="after")
+    def _needs_content(self) -> DocInput:
+        if (self.text is None or not self.text.strip()) and self.image is None:
+            raise ValueError("a document needs a non-empty text or an image")
+        return self
+
+
+def _doc_text(doc: str | DocInput) -> str:
+    return doc if isinstance(doc, str) else (doc.text or "")
+
+
+class RerankRequest(StrictRequest):
+    """Body of ``POST /rerank``: native shape, or the TEI shape when ``texts`` is given instead of ``docs``."""
+
+    query: NonEmptyText = Field(description="The search query.")
+    docs: list[NonEmptyText | DocInput] | None = Field(default=None, description="Documents to score.")
+    texts: list[NonEmptyText] | None = Field(default=None, description="TEI alias of docs (TEI answer).")
+    instruction: str | None = Field(default=None, description="Task instruction; model default if omitted.")
+    top_n: int | None = Field(default=None, ge=0, description="Only the best N in `order`.")
+    truncate: bool = True
+    raw_scores: bool = False
+    return_text: bool = False
+
+    @model_validator(mode="after")
+    def _one_list(self) -> RerankRequest:
+        if self.docs is None and self.texts is None:
+            raise ValueError("give the documents as `docs` (or `texts` for the TEI shape)")
+        if self.docs is not None and self.texts is not None:
+            raise ValueError("give either `docs` or `texts`, not both")
+        documents = self.docs if self.docs is not None else self.texts
+        if not documents:
+            raise ValueError("no documents to rerank")
+        return self
+
+    @property
+    def is_tei(self) -> bool:
+        return self.texts is not None
+
+    def documents(self) -> list[str | DocInput]:
+        return list(self.docs if self.docs is not None else (self.texts or []))
+
+
+class RerankResponse(BaseModel):
+    scores: list[float] = Field(description="One score per document, input order.")
+    order: list[int] = Field(description="Document indices, best first (cut to top_n).")
+    model: str
+
+
+class CohereRerankRequest(StrictRequest):
+    """Body of ``POST /v1/rerank`` and ``/v2/rerank`` (Cohere / Jina shape)."""
+
+    model: str | None = None
+    query: NonEmptyText
+    documents: list[NonEmptyText | DocInput] = Field(min_length=1)
+    top_n: int | None = Field(default=None, ge=0)
+    return_documents: bool = False
+    instruction: str | None = None
+    max_chunks_per_doc: int | None = None
+
+
+class RerankResult(BaseModel):
+    index: int
+    relevance_score: float
+    document: dict[str, Any] | None = None
+
+
+class CohereRerankResponse(BaseModel):
+    id: str
+    model: str
+    results: list[RerankResult]
+    usage: dict[str, int]
+
+
+class ScoreRequest(StrictRequest):
+    """Body of ``POST /score`` and ``/v1/score`` (vLLM shape): 1→N or N↔N pairs."""
+
+    model: str | None = None
+    text_1: NonEmptyText | list[NonEmptyText] = Field(validation_alias=AliasChoices("text_1", "queries"))
+    text_2: NonEmptyText | list[NonEmptyText] = Field(validation_alias=AliasChoices("text_2", "documents"))
+    instruction: str | None = None
+
+    @model_validator(mode="after")
+    def _pairable(self) -> ScoreRequest:
+        left = [self.text_1] if isinstance(self.text_1, str) else self.text_1
+        right = [self.text_2] if isinstance(self.text_2, str) else self.text_2
+        if not left or not right:
+            raise ValueError("text_1 and text_2 must not be empty")
+        if len(left) != 1 and len(left) != len(right):
+            raise ValueError(
+                f"text_1 has {len(left)} items and text_2 {len(right)}: give one query or equal-length lists"
+            )
+        return self
+
+    def pairs(self) -> list[tuple[str, str]]:
+        left = [self.text_1] if isinstance(self.text_1, str) else self.text_1
+        right = [self.text_2] if isinstance(self.text_2, str) else self.text_2
+        if len(left) == 1:
+            left = left * len(right)
+        return list(zip(left, right, strict=True))
+
+
+# --------------------------------------------------------------------------------------------------------
+# Errors and info
+# --------------------------------------------------------------------------------------------------------
+
+
+class ErrorBody(BaseModel):
+    message: str = Field(description="What went wrong and how to fix it.")
+    type: str = Field(description="Machine-readable class, e.g. invalid_request_error, overloaded_error.")
+    code: int = Field(description="HTTP status code.")
+
+
+class ErrorEnvelope(BaseModel):
+    """The one error shape every route returns."""
+
+    error: ErrorBody
+
+
+class ServerInfo(BaseModel):
+    """Answer of ``GET /info``."""
+
+    model_config = ConfigDict(extra="allow", protected_namespaces=())
+
+    model: str
+    kind: str
+    dim: int | None = None
+    dtype: str
+    device: str
+    max_length: int
+    max_batch_tokens: int
+    max_batch_size: int
+    max_client_batch: int
+    max_queue_items: int
+    recipe: str
+    scoring: str | None = None
+
+
+__all__ = [
+    "INPUT_TYPE_ALIASES",
+    "CohereRerankRequest",
+    "CohereRerankResponse",
+    "DocInput",
+    "EmbedRequest",
+    "EmbedResponse",
+    "EncodingFormat",
+    "ErrorBody",
+    "ErrorEnvelope",
+    "InputType",
+    "OpenAIEmbeddingRequest",
+    "OpenAIEmbeddingResponse",
+    "RerankRequest",
+    "RerankResponse",
+    "RerankResult",
+    "ScoreRequest",
+    "ServerInfo",
+    "Usage",
+    "decode_base64_vector",
+    "embeddings_to_array",
+]

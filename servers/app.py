@@ -1,0 +1,226 @@
+"""FastAPI app factory: ``create_app(settings) -> FastAPI``.
+
+The app holds no model logic. Its lifespan loads the engine in the background (``/health`` answers 503
+until the model is loaded and a warm-up forward passed), the guard middleware enforces the body-size cap
+and Bearer auth and records request metrics, and every error leaves as the one envelope
+``{"error": {"message", "type", "code"}}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from servers.errors import QueueFullError, ServingError
+from servers.metrics import ServerMetrics
+from servers.responses import error_response
+from servers.routes import common, embedding
+from servers.settings import ServerSettings
+
+logger = logging.getLogger(__name__)
+
+EngineFactory = Callable[[ServerSettings, ServerMetrics], Any]
+_PUBLIC_PATHS = frozenset({"/health"})
+
+
+def default_engine_factory(settings: ServerSettings, metrics: ServerMetrics) -> Any:
+    """Build the engine for ``settings.kind`` (imports torch lazily)."""
+    if settings.kind == "embed":
+        from servers.engines.embedding import EmbeddingEngine
+
+        return EmbeddingEngine.from_settings(settings, metrics)
+    if settings.kind == "rerank":
+        from servers.engines.rerank import RerankEngine
+
+        return RerankEngine.from_settings(settings, metrics)
+    raise ValueError(f"server kind {settings.kind!r} is not available in this version")
+
+
+class _BodyTooLargeError(Exception):
+    pass
+
+
+class RequestGuard:
+    """ASGI middleware: body-size cap, Bearer auth, and per-route request metrics."""
+
+    def __init__(self, app: ASGIApp, settings: ServerSettings, metrics: ServerMetrics, routes: set[str]) -> None:
+        self.app = app
+        self.settings = settings
+        self.metrics = metrics
+        self.routes = routes
+        self._keys = [k.encode() for k in settings.api_keys]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path: str = scope["path"]
+        route = path if path in self.routes else "other"
+        started = time.perf_counter()
+        status_holder = {"status": 500}
+
+        async def send_wrapper(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status_holder["status"] = int(message["status"])
+            await send(message)
+
+        try:
+            rejection = self._reject(scope)
+            if rejection is not None:
+                await rejection(scope, receive, send_wrapper)
+                return
+            limit = self.settings.max_body_bytes
+            received = 0
+
+            async def limited_receive() -> Message:
+                nonlocal received
+                message = await receive()
+                if message["type"] == "http.request":
+                    received += len(message.get("body", b""))
+                    if received > limit:
+                        raise _BodyTooLargeError
+                return message
+
+            try:
+                await self.app(scope, limited_receive, send_wrapper)
+            except _BodyTooLargeError:
+                await _too_large(limit)(scope, receive, send_wrapper)
+        finally:
+            self.metrics.requests.labels(route, str(status_holder["status"])).inc()
+            self.metrics.request_seconds.labels(route).observe(time.perf_counter() - started)
+
+    def _reject(self, scope: Scope) -> Any:
+        headers = dict(scope.get("headers") or [])
+        length = headers.get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.settings.max_body_bytes:
+            return _too_large(self.settings.max_body_bytes)
+        if self._keys and scope["path"] not in _PUBLIC_PATHS:
+            auth = headers.get(b"authorization", b"")
+            scheme, _, token = auth.partition(b" ")
+            if scheme.lower() != b"bearer" or not any(hmac.compare_digest(token.strip(), k) for k in self._keys):
+                return error_response(
+                    401, "missing or invalid API key: send 'Authorization: Bearer <key>'", "authentication_error",
+                    headers={"WWW-Authenticate": "Bearer"},
+                )
+        return None
+
+
+def _too_large(limit: int) -> Any:
+    return error_response(
+        413, f"request body is larger than {limit} bytes (--max-body-bytes); send fewer or shorter inputs",
+        "request_too_large",
+    )
+
+
+def _validation_message(exc: RequestValidationError) -> tuple[int, str]:
+    errors = exc.errors()
+    if any(e.get("type") == "json_invalid" for e in errors):
+        detail = next((e.get("ctx", {}).get("error", "") for e in errors if e.get("type") == "json_invalid"), "")
+        return 400, f"malformed JSON body: {detail}".rstrip(": ")
+    parts = []
+    for e in errors[:5]:
+        loc = ".".join(str(x) for x in e.get("loc", ()) if x != "body")
+        msg = str(e.get("msg", "invalid value")).removeprefix("Value error, ")
+        parts.append(f"{loc}: {msg}" if loc else msg)
+    more = f" (+{len(errors) - 5} more)" if len(errors) > 5 else ""
+    return 422, "invalid request: " + "; ".join(parts) + more
+
+
+def create_app(
+    settings: ServerSettings,
+    engine: Any | None = None,
+    engine_factory: EngineFactory = default_engine_factory,
+) -> FastAPI:
+    """Build the server app for ``settings.kind``.
+
+    Args:
+        settings: The process's settings.
+        engine: An engine that is already built (tests, notebooks); else ``engine_factory`` loads one in the
+            background when the app starts.
+        engine_factory: Loads the engine; runs in a thread so ``/health`` can answer 503 meanwhile.
+    """
+    metrics = engine.metrics if engine is not None else ServerMetrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.started_at = time.time()
+        app.state.metrics = metrics
+        app.state.engine = None
+        app.state.load_error = None
+
+        async def bring_up() -> None:
+            try:
+                built = engine if engine is not None else await asyncio.to_thread(engine_factory, settings, metrics)
+                await built.start()
+                app.state.engine = built
+                logger.info("ready: %s", built.info())
+            except Exception as exc:
+                logger.exception("model failed to load")
+                app.state.load_error = type(exc).__name__ + (f": {exc}" if isinstance(exc, (ValueError, OSError)) else "")
+
+        loader = asyncio.create_task(bring_up())
+        try:
+            yield
+        finally:
+            loader.cancel()
+            try:
+                await loader
+            except asyncio.CancelledError:
+                pass
+            if app.state.engine is not None:
+                await app.state.engine.stop()
+
+    app = FastAPI(
+        title=f"rag-plugins {settings.kind} server",
+        version="0.1.0",
+        lifespan=lifespan,
+        docs_url="/docs",
+        redoc_url=None,
+    )
+    routers = [common.router]
+    if settings.kind == "embed":
+        routers.append(embedding.router)
+    elif settings.kind == "rerank":
+        from servers.routes import rerank
+
+        routers.append(rerank.router)
+    for router in routers:
+        app.include_router(router)
+
+    @app.exception_handler(ServingError)
+    async def serving_error(request: Request, exc: ServingError) -> Any:
+        if isinstance(exc, QueueFullError):
+            metrics.rejected.inc()
+        return error_response(exc.status, exc.message, exc.type, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> Any:
+        status, message = _validation_message(exc)
+        return error_response(status, message, "invalid_request_error")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Any:
+        kinds = {404: "not_found", 405: "method_not_allowed"}
+        message = {404: f"no route {request.url.path}", 405: f"method {request.method} not allowed here"}.get(
+            exc.status_code, str(exc.detail)
+        )
+        return error_response(exc.status_code, message, kinds.get(exc.status_code, "http_error"))
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception) -> Any:
+        logger.exception("unhandled error on %s", request.url.path)
+        return error_response(500, "internal server error; see the server log", "server_error")
+
+    routes = {str(getattr(r, "path", "")) for router in routers for r in router.routes}
+    app.add_middleware(RequestGuard, settings=settings, metrics=metrics, routes=routes)
+    return app

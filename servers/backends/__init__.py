@@ -1,0 +1,1 @@
+"""Torch backends: forward passes, dtype and attention selection."""

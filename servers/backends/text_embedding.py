@@ -1,0 +1,180 @@
+"""Torch backends for text embedding: last-token pooling on a decoder, or a sentence-transformers stack."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from servers.backends.device import Placement
+from servers.backends.torch_runtime import (
+    LaneStreams,
+    ThreadLocalTokenizer,
+    last_token_index,
+    model_load_kwargs,
+    pad_batch,
+    positions_from_mask,
+)
+from servers.recipes.embedding import EmbeddingRecipe
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TokenizedText:
+    """Token ids ready for the model, and how many tokens the text had before truncation."""
+
+    ids: list[int]
+    original_length: int
+
+    @property
+    def truncated(self) -> bool:
+        return self.original_length > len(self.ids)
+
+
+class TextEmbeddingBackend(Protocol):
+    """What the embedding engine needs from a backend."""
+
+    recipe: EmbeddingRecipe
+    placement: Placement
+    dim: int
+    max_length: int
+    vocab_size: int
+
+    def tokenize(self, texts: list[str]) -> list[TokenizedText]: ...
+
+    def prepare_ids(self, ids: list[int]) -> TokenizedText: ...
+
+    def forward(self, batch: list[list[int]], lane: str) -> np.ndarray: ...
+
+
+class LastTokenEmbedder:
+    """Decoder embedder (Qwen3-Embedding recipe): EOS-terminated input, left padding, last real token.
+
+    The pooled vector is returned un-normalised in float32; the engine normalises and applies Matryoshka.
+    """
+
+    def __init__(self, model_dir: Path, recipe: EmbeddingRecipe, placement: Placement, max_length: int) -> None:
+        from transformers import AutoModel, AutoTokenizer
+
+        self.recipe = recipe
+        self.placement = placement
+        tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+        self._tokenizer = ThreadLocalTokenizer(tokenizer)
+        self.model = AutoModel.from_pretrained(str(model_dir), **model_load_kwargs(placement))
+        self.model.to(placement.device).eval()
+        config = self.model.config
+        self.dim = int(config.hidden_size)
+        model_max = int(getattr(config, "max_position_embeddings", max_length) or max_length)
+        self.max_length = min(max_length, model_max)
+        self.vocab_size = int(config.vocab_size)
+        eos = recipe.eos_token_id if recipe.eos_token_id is not None else tokenizer.eos_token_id
+        self.eos_token_id: int | None = int(eos) if eos is not None else None
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_token_id
+        self.pad_token_id = int(pad) if pad is not None else 0
+        self._streams = LaneStreams(placement)
+
+    def _terminate(self, ids: list[int]) -> list[int]:
+        if self.eos_token_id is not None and (not ids or ids[-1] != self.eos_token_id):
+            ids = [*ids, self.eos_token_id]
+        return ids
+
+    def prepare_ids(self, ids: list[int]) -> TokenizedText:
+        """EOS-terminate and truncate to ``max_length`` keeping the EOS last."""
+        ids = self._terminate(list(ids))
+        original = len(ids)
+        if original > self.max_length:
+            if self.eos_token_id is not None:
+                ids = [*ids[: self.max_length - 1], self.eos_token_id]
+            else:
+                ids = ids[: self.max_length]
+        return TokenizedText(ids=ids, original_length=original)
+
+    def tokenize(self, texts: list[str]) -> list[TokenizedText]:
+        # add_special_tokens=True keeps whatever the tokenizer's post-processor adds (the official
+        # Qwen3-Embedding tokenizer appends <|endoftext|>); _terminate appends it where a copy does not.
+        encoded = self._tokenizer.get()(texts, add_special_tokens=True)["input_ids"]
+        return [self.prepare_ids(ids) for ids in encoded]
+
+    @torch.inference_mode()
+    def forward(self, batch: list[list[int]], lane: str) -> np.ndarray:
+        """Embed a batch. Returns float32 (n, dim), not normalised."""
+        with self._streams.use(lane):
+            ids, mask = pad_batch(batch, self.pad_token_id, "left", self.placement.device)
+            out = self.model(
+                input_ids=ids, attention_mask=mask, position_ids=positions_from_mask(mask), use_cache=False
+            )
+            hidden = out.last_hidden_state
+            rows = torch.arange(hidden.shape[0], device=hidden.device)
+            pooled = hidden[rows, last_token_index(mask)].float()
+            return pooled.cpu().numpy()
+
+
+class SentenceTransformerEmbedder:
+    """Any sentence-transformers model, run through its own modules (pooling, dense) minus ``Normalize``."""
+
+    def __init__(self, model_dir: Path, recipe: EmbeddingRecipe, placement: Placement, max_length: int) -> None:
+        from sentence_transformers import SentenceTransformer
+
+        self.recipe = recipe
+        self.placement = placement
+        kwargs: dict[str, Any] = {"model_kwargs": model_load_kwargs(placement)}
+        self.model = SentenceTransformer(str(model_dir), device=str(placement.device), **kwargs)
+        self.model.eval()
+        tokenizer = self.model.tokenizer
+        self._tokenizer = ThreadLocalTokenizer(tokenizer)
+        st_max = int(self.model.max_seq_length or max_length)
+        self.max_length = min(max_length, st_max)
+        dim = self.model.get_sentence_embedding_dimension()
+        self.dim = int(dim) if dim is not None else 0
+        self.vocab_size = int(len(tokenizer))
+        self.pad_token_id = int(tokenizer.pad_token_id or 0)
+        self.padding_side = str(getattr(tokenizer, "padding_side", "right") or "right")
+        self._wants_token_types = "token_type_ids" in getattr(tokenizer, "model_input_names", [])
+        self._modules = [m for m in self.model if type(m).__name__ != "Normalize"]
+        self._streams = LaneStreams(placement)
+
+    def prepare_ids(self, ids: list[int]) -> TokenizedText:
+        ids = list(ids)
+        original = len(ids)
+        if original > self.max_length:
+            # Keep the closing special token (e.g. [SEP]) the model was trained to see last.
+            ids = [*ids[: self.max_length - 1], ids[-1]]
+        return TokenizedText(ids=ids, original_length=original)
+
+    def tokenize(self, texts: list[str]) -> list[TokenizedText]:
+        tok = self._tokenizer.get()
+        full = tok(texts, add_special_tokens=True)["input_ids"]
+        out: list[TokenizedText] = []
+        for text, ids in zip(texts, full, strict=True):
+            if len(ids) <= self.max_length:
+                out.append(TokenizedText(ids=list(ids), original_length=len(ids)))
+            else:
+                cut = tok(text, add_special_tokens=True, truncation=True, max_length=self.max_length)["input_ids"]
+                out.append(TokenizedText(ids=list(cut), original_length=len(ids)))
+        return out
+
+    @torch.inference_mode()
+    def forward(self, batch: list[list[int]], lane: str) -> np.ndarray:
+        """Embed a batch. Returns float32 (n, dim), before the model's Normalize module."""
+        with self._streams.use(lane):
+            ids, mask = pad_batch(batch, self.pad_token_id, self.padding_side, self.placement.device)
+            features: dict[str, Any] = {"input_ids": ids, "attention_mask": mask}
+            if self._wants_token_types:
+                features["token_type_ids"] = torch.zeros_like(ids)
+            for module in self._modules:
+                features = module(features)
+            return features["sentence_embedding"].float().cpu().numpy()
+
+
+def load_text_embedder(
+    model_dir: Path, recipe: EmbeddingRecipe, placement: Placement, max_length: int
+) -> TextEmbeddingBackend:
+    """Instantiate the backend the recipe calls for."""
+    if recipe.pooling == "lasttoken":
+        return LastTokenEmbedder(model_dir, recipe, placement, max_length)
+    return SentenceTransformerEmbedder(model_dir, recipe, placement, max_length)

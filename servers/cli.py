@@ -1,0 +1,132 @@
+"""``rag-serve``: start one model server, or a whole stack of them.
+
+    rag-serve embed  --model Qwen/Qwen3-Embedding-0.6B --device cuda:0 --port 8001
+    rag-serve rerank --model Qwen/Qwen3-Reranker-0.6B  --device cuda:1 --port 8002
+    rag-serve up --config stack.yaml     # one process per entry; then: status, logs NAME, down
+
+Every flag also reads an environment variable ``RAG_SERVE_<FLAG>`` (e.g. ``RAG_SERVE_MAX_BATCH_TOKENS``);
+a flag given on the command line wins over the variable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from dataclasses import MISSING, fields
+from typing import Any, get_type_hints
+
+from servers.settings import SERVER_KINDS, ServerSettings, env_var_name, settings_from_env
+
+FLAG_HELP: dict[str, str] = {
+    "model": "model directory or Hugging Face Hub ID",
+    "served_model_name": "name reported to clients (default: --model)",
+    "device": "cpu, cuda:N, or auto (first GPU if any)",
+    "dtype": "auto (fp32 on CPU, fp16 below compute capability 8.0, bf16 from 8.0), float32, float16, bfloat16",
+    "attention": "auto (sdpa), sdpa, eager, flash_attention_2",
+    "host": "address to bind",
+    "port": "port to bind",
+    "api_keys": "comma-separated API keys; when set every route but /health needs 'Authorization: Bearer KEY'",
+    "max_length": "max tokens per input (longer inputs are truncated, or refused with truncate=false)",
+    "max_batch_tokens": "token budget of one forward batch, padding included",
+    "max_batch_size": "max items in one forward batch",
+    "max_wait_ms": "how long a part-full batch waits for more work",
+    "max_queue_items": "queued items beyond which requests get 429 + Retry-After",
+    "max_client_batch": "max inputs (texts, documents) in one request",
+    "max_body_bytes": "max request body size in bytes",
+    "priority_max_items": "requests with at most this many items (and priority-max-tokens) use the priority lane",
+    "priority_max_tokens": "token bound of priority-lane requests",
+    "tokenizer_threads": "threads that tokenize while the model runs",
+    "retry_after_s": "minimum Retry-After seconds on 429",
+    "trust_remote_code": "allow model repositories' own Python code",
+    "instruction": "default task instruction (overrides the model's)",
+    "log_level": "debug, info, warning, error",
+    "warmup": "run a warm-up forward before reporting healthy",
+}
+
+
+def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
+    hints = get_type_hints(ServerSettings)
+    for f in fields(ServerSettings):
+        if f.name == "kind":
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        default = None if f.default is MISSING else f.default
+        shown = ",".join(default) if isinstance(default, tuple) else default
+        help_text = f"{FLAG_HELP.get(f.name, '')} [env {env_var_name(f.name)}; default {shown!r}]"
+        annotation = str(hints[f.name])
+        if "bool" in annotation:
+            parser.add_argument(flag, default=None, action=argparse.BooleanOptionalAction, help=help_text)
+        elif f.name == "api_keys":
+            parser.add_argument("--api-key", dest="api_keys", default=None, action="append", help=help_text)
+        elif "int" in annotation and "None" not in annotation:
+            parser.add_argument(flag, type=int, default=None, help=help_text)
+        elif "float" in annotation:
+            parser.add_argument(flag, type=float, default=None, help=help_text)
+        else:
+            parser.add_argument(flag, default=None, help=help_text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rag-serve", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    for kind in SERVER_KINDS:
+        p = sub.add_parser(kind, help=f"serve one {kind} model", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        _add_setting_flags(p)
+    from servers import stack
+
+    stack.add_stack_commands(sub)
+    return parser
+
+
+def settings_from_args(kind: str, args: argparse.Namespace, environ: dict[str, str] | None = None) -> ServerSettings:
+    explicit: dict[str, Any] = {}
+    for f in fields(ServerSettings):
+        if f.name == "kind":
+            continue
+        value = getattr(args, f.name, None)
+        if value is None:
+            continue
+        if f.name == "api_keys":
+            value = tuple(k.strip() for item in value for k in item.split(",") if k.strip())
+        explicit[f.name] = value
+    return settings_from_env(os.environ if environ is None else environ, kind=kind, **explicit)
+
+
+def serve(settings: ServerSettings) -> None:
+    """Run one server in the foreground until interrupted."""
+    import uvicorn
+
+    from servers.app import create_app
+
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format='{"ts":"%(asctime)s","level":"%(levelname)s","logger":"%(name)s","msg":"%(message)s"}',
+    )
+    app = create_app(settings)
+    uvicorn.run(
+        app, host=settings.host, port=settings.port, log_level=settings.log_level, access_log=False,
+        timeout_graceful_shutdown=10,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command in SERVER_KINDS:
+        try:
+            settings = settings_from_args(args.command, args)
+        except ValueError as exc:
+            parser.error(str(exc))
+        serve(settings)
+        return 0
+    from servers import stack
+
+    return stack.run_stack_command(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

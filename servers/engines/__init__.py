@@ -1,0 +1,8 @@
+"""Async engines: the model behind an API a route (or a notebook, without HTTP) can await."""
+
+from __future__ import annotations
+
+from servers.engines.base import EngineBase
+from servers.engines.embedding import EmbeddingEngine, EmbeddingResult
+
+__all__ = ["EmbeddingEngine", "EmbeddingResult", "EngineBase"]

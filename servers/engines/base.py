@@ -1,0 +1,115 @@
+"""Lifecycle and request admission shared by every engine."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Generic, TypeVar
+
+from servers.errors import NotReadyError, RequestTooLargeError
+from servers.metrics import ServerMetrics
+from servers.scheduler import BatchLimits, Lane, TokenBudgetScheduler
+from servers.settings import ServerSettings
+
+logger = logging.getLogger(__name__)
+P = TypeVar("P")
+R = TypeVar("R")
+T = TypeVar("T")
+
+
+class EngineBase(Generic[P, R]):
+    """Owns the scheduler, the tokenizer thread pool and the ready flag of one model.
+
+    Subclasses provide ``_run_batch`` (called in a model thread) and ``_warmup`` (one real request).
+    Use as ``async with engine:`` or call :meth:`start` / :meth:`stop`.
+    """
+
+    kind: str = "base"
+
+    def __init__(self, settings: ServerSettings, metrics: ServerMetrics | None = None) -> None:
+        self.settings = settings
+        self.metrics = metrics or ServerMetrics()
+        self.scheduler: TokenBudgetScheduler[P, R] = TokenBudgetScheduler(
+            self._run_batch,
+            BatchLimits(
+                max_batch_tokens=settings.max_batch_tokens,
+                max_batch_size=settings.max_batch_size,
+                max_wait_ms=settings.max_wait_ms,
+                max_queue_items=settings.max_queue_items,
+                retry_after_s=settings.retry_after_s,
+            ),
+            observer=self.metrics,
+        )
+        self._tokenize_pool: ThreadPoolExecutor | None = None
+        self.ready = False
+
+    # ------------------------------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        """Start the scheduler and run the warm-up request; ``ready`` turns true when it passed."""
+        self._tokenize_pool = ThreadPoolExecutor(
+            max_workers=max(1, self.settings.tokenizer_threads), thread_name_prefix="tokenize"
+        )
+        await self.scheduler.start()
+        if self.settings.warmup:
+            started = time.perf_counter()
+            await self._warmup()
+            logger.info("warm-up forward passed in %.2fs", time.perf_counter() - started)
+        self.ready = True
+
+    async def stop(self) -> None:
+        self.ready = False
+        await self.scheduler.stop()
+        if self._tokenize_pool is not None:
+            self._tokenize_pool.shutdown(wait=True)
+            self._tokenize_pool = None
+
+    async def __aenter__(self: T) -> T:
+        await self.start()  # type: ignore[attr-defined]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # ------------------------------------------------------------------------------------------- helpers
+    def _run_batch(self, payloads: list[P], lane: Lane) -> Sequence[R]:
+        raise NotImplementedError
+
+    async def _warmup(self) -> None:
+        raise NotImplementedError
+
+    def info(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _check_ready(self) -> None:
+        if self._tokenize_pool is None:
+            raise NotReadyError()
+
+    def _check_count(self, n: int, what: str) -> None:
+        if n > self.settings.max_client_batch:
+            raise RequestTooLargeError(
+                f"{n} {what} in one request; this server takes at most {self.settings.max_client_batch} "
+                "(--max-client-batch): split the request"
+            )
+
+    def _is_priority(self, n_items: int, n_tokens: int) -> bool:
+        return n_items <= self.settings.priority_max_items and n_tokens <= self.settings.priority_max_tokens
+
+    async def _off_loop(self, fn: Callable[..., T], *args: Any, stage: str = "tokenize") -> T:
+        """Run CPU work (tokenization, image decoding) on the tokenizer pool, timed as ``stage``."""
+        self._check_ready()
+        loop = asyncio.get_running_loop()
+        started = time.perf_counter()
+        result = await loop.run_in_executor(self._tokenize_pool, fn, *args)
+        self.metrics.stage_seconds.labels(stage).observe(time.perf_counter() - started)
+        return result
+
+    async def _schedule(self, payloads: Sequence[P], costs: Sequence[int]) -> list[R]:
+        started = time.perf_counter()
+        results = await self.scheduler.submit(
+            payloads, costs, priority=self._is_priority(len(payloads), sum(costs))
+        )
+        self.metrics.stage_seconds.labels("queue_and_forward").observe(time.perf_counter() - started)
+        return results

@@ -1,0 +1,1 @@
+"""Model recipes: formatting, pooling and scoring of each model family, as data."""

@@ -1,0 +1,34 @@
+"""Fast JSON responses and the error envelope."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import numpy as np
+import orjson
+from starlette.responses import JSONResponse
+
+from rag_plugins.protocol import EncodingFormat
+
+
+class FastJSONResponse(JSONResponse):
+    """JSON via orjson, which writes numpy arrays directly (a 1024-float vector is no Python list)."""
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def encode_vectors(vectors: np.ndarray, encoding_format: EncodingFormat) -> np.ndarray | list[str]:
+    """Vectors as orjson-ready float rows, or base64 strings of little-endian float32 (OpenAI format)."""
+    if encoding_format == "base64":
+        data = np.ascontiguousarray(vectors, dtype="<f4")
+        return [base64.b64encode(row.tobytes()).decode("ascii") for row in data]
+    return vectors
+
+
+def error_response(status: int, message: str, error_type: str, headers: dict[str, str] | None = None) -> FastJSONResponse:
+    """The one error shape: ``{"error": {"message", "type", "code"}}``."""
+    return FastJSONResponse(
+        {"error": {"message": message, "type": error_type, "code": status}}, status_code=status, headers=headers
+    )

@@ -1,0 +1,1 @@
+"""Thin HTTP routes: parse (protocol models), await the engine, shape the answer."""

@@ -1,0 +1,338 @@
+"""Token-budget batching scheduler (no FastAPI, no torch).
+
+Requests are split into items (one text, one query/document pair, ...) with a token cost. Items wait in one
+of two lanes:
+
+* ``priority``: small interactive requests (a search query). The lane has its own worker and its own model
+  thread, so a query never waits for a bulk ingestion batch to be *formed*; on CUDA the backend also runs
+  this lane on a high-priority stream, so its kernels overtake the bulk lane's on the GPU.
+* ``bulk``: everything else.
+
+Each worker forms a batch from the head of its lane: the oldest live item is always in the batch (no
+starvation) and is joined by the items closest to it in length, so padding stays small; the batch holds at
+most ``max_batch_size`` items and ``n_items * longest_item`` tokens at most ``max_batch_tokens``. A worker
+that finds a part-full batch waits up to ``max_wait_ms`` for more work. Items of requests whose caller went
+away (the awaiting task was cancelled) are dropped before the forward pass. When the queue holds
+``max_queue_items`` items a new request is refused whole with :class:`QueueFullError` (HTTP 429 with
+``Retry-After``), so a request is either fully accepted or not at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Generic, Literal, Protocol, TypeVar
+
+from servers.errors import QueueFullError, ServingError
+
+logger = logging.getLogger(__name__)
+
+Lane = Literal["priority", "bulk"]
+LANES: tuple[Lane, ...] = ("priority", "bulk")
+P = TypeVar("P")
+R = TypeVar("R")
+
+#: How many queued items a worker looks at when it picks a batch: enough to find same-length neighbours,
+#: few enough that choosing stays well under a millisecond.
+CANDIDATE_WINDOW_PER_BATCH_SLOT = 8
+
+
+@dataclass(frozen=True)
+class BatchLimits:
+    """Limits the scheduler packs batches under."""
+
+    max_batch_tokens: int = 16384
+    max_batch_size: int = 256
+    max_wait_ms: float = 2.0
+    max_queue_items: int = 100_000
+    retry_after_s: int = 1
+
+
+class BatchObserver(Protocol):
+    """Receives batch statistics (implemented by the Prometheus metrics; a no-op in unit tests)."""
+
+    def observe_batch(self, lane: str, items: int, tokens: int, padded_tokens: int, seconds: float) -> None: ...
+
+    def observe_queue(self, lane: str, depth: int) -> None: ...
+
+    def observe_dropped(self, lane: str, items: int) -> None: ...
+
+
+class NullObserver:
+    def observe_batch(self, lane: str, items: int, tokens: int, padded_tokens: int, seconds: float) -> None:
+        return None
+
+    def observe_queue(self, lane: str, depth: int) -> None:
+        return None
+
+    def observe_dropped(self, lane: str, items: int) -> None:
+        return None
+
+
+class BatchFailedError(ServingError):
+    """The forward pass failed for an item even when run alone (answered as a 500 without internals)."""
+
+    status = 500
+    type = "server_error"
+
+
+class _PendingRequest(Generic[R]):
+    __slots__ = ("future", "remaining", "results")
+
+    def __init__(self, future: asyncio.Future[list[R]], n: int) -> None:
+        self.future = future
+        self.results: list[R | None] = [None] * n
+        self.remaining = n
+
+    @property
+    def live(self) -> bool:
+        return not self.future.done()
+
+
+@dataclass
+class _Item(Generic[P, R]):
+    payload: P
+    tokens: int
+    request: _PendingRequest[R]
+    position: int
+    seq: int
+
+
+@dataclass
+class _LaneState(Generic[P, R]):
+    name: Lane
+    queue: deque[_Item[P, R]] = field(default_factory=deque)
+    wakeup: asyncio.Event = field(default_factory=asyncio.Event)
+    executor: ThreadPoolExecutor | None = None
+    task: asyncio.Task[None] | None = None
+
+
+class TokenBudgetScheduler(Generic[P, R]):
+    """Batches items of concurrent requests under a token budget and runs them on a model callable.
+
+    Args:
+        run_batch: ``run_batch(payloads, lane) -> results``, called in the lane's own thread with at most
+            ``max_batch_size`` payloads; returns one result per payload, same order. Blocking is fine.
+        limits: Batch and queue limits.
+        observer: Receives batch/queue statistics.
+    """
+
+    def __init__(
+        self,
+        run_batch: Callable[[list[P], Lane], Sequence[R]],
+        limits: BatchLimits,
+        observer: BatchObserver | None = None,
+    ) -> None:
+        self._run_batch = run_batch
+        self.limits = limits
+        self._observer: BatchObserver = observer or NullObserver()
+        self._lanes: dict[Lane, _LaneState[P, R]] = {}
+        self._seq = 0
+        self._queued_items = 0
+        self._throughput_tokens_per_s = 0.0
+        self._running = False
+
+    # ---------------------------------------------------------------------------------------------- control
+    async def start(self) -> None:
+        """Start one worker task (and one model thread) per lane. Idempotent."""
+        if self._running:
+            return
+        self._running = True
+        for lane in LANES:
+            state: _LaneState[P, R] = _LaneState(name=lane)
+            state.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"model-{lane}")
+            state.task = asyncio.create_task(self._worker(state), name=f"scheduler-{lane}")
+            self._lanes[lane] = state
+
+    async def stop(self) -> None:
+        """Stop the workers; requests still queued fail with a 503-style error."""
+        self._running = False
+        for state in self._lanes.values():
+            if state.task is not None:
+                state.task.cancel()
+                try:
+                    await state.task
+                except asyncio.CancelledError:
+                    pass
+            for item in state.queue:
+                if item.request.live:
+                    item.request.future.set_exception(ServingError("server is shutting down"))
+            state.queue.clear()
+            if state.executor is not None:
+                state.executor.shutdown(wait=True)
+        self._lanes.clear()
+        self._queued_items = 0
+
+    # ------------------------------------------------------------------------------------------------ stats
+    @property
+    def queued_items(self) -> int:
+        return self._queued_items
+
+    def queue_depths(self) -> dict[str, int]:
+        return {lane: len(state.queue) for lane, state in self._lanes.items()}
+
+    def retry_after_s(self) -> int:
+        """Seconds a refused client should wait: the queue's drain time at the measured throughput."""
+        queued_tokens = sum(item.tokens for state in self._lanes.values() for item in state.queue)
+        if self._throughput_tokens_per_s <= 0:
+            return self.limits.retry_after_s
+        estimate = queued_tokens / self._throughput_tokens_per_s
+        return int(min(60, max(self.limits.retry_after_s, round(estimate))))
+
+    # --------------------------------------------------------------------------------------------- submit
+    async def submit(self, payloads: Sequence[P], costs: Sequence[int], *, priority: bool = False) -> list[R]:
+        """Queue a request's items and wait for all their results (input order).
+
+        Raises:
+            QueueFullError: the queue cannot take ``len(payloads)`` more items now; nothing was queued.
+        """
+        if not self._running:
+            raise ServingError("scheduler is not running")
+        if len(payloads) != len(costs):
+            raise ValueError("payloads and costs differ in length")
+        n = len(payloads)
+        if n == 0:
+            return []
+        if self._queued_items + n > self.limits.max_queue_items:
+            raise QueueFullError(
+                f"server queue is full ({self._queued_items} items waiting, limit "
+                f"{self.limits.max_queue_items}); retry after the indicated delay",
+                retry_after_s=self.retry_after_s(),
+            )
+        loop = asyncio.get_running_loop()
+        request: _PendingRequest[R] = _PendingRequest(loop.create_future(), n)
+        lane = self._lanes["priority" if priority else "bulk"]
+        for position, (payload, cost) in enumerate(zip(payloads, costs, strict=True)):
+            self._seq += 1
+            lane.queue.append(_Item(payload, max(1, int(cost)), request, position, self._seq))
+        self._queued_items += n
+        self._observer.observe_queue(lane.name, len(lane.queue))
+        lane.wakeup.set()
+        results = await request.future
+        return results
+
+    # --------------------------------------------------------------------------------------------- worker
+    async def _worker(self, state: _LaneState[P, R]) -> None:
+        loop = asyncio.get_running_loop()
+        while self._running:
+            if not state.queue:
+                state.wakeup.clear()
+                await state.wakeup.wait()
+                continue
+            if not self._batch_is_full(state) and self.limits.max_wait_ms > 0:
+                # Give concurrent requests a moment to join a part-full batch.
+                state.wakeup.clear()
+                try:
+                    await asyncio.wait_for(state.wakeup.wait(), timeout=self.limits.max_wait_ms / 1000)
+                except asyncio.TimeoutError:
+                    pass
+            batch = self._take_batch(state)
+            if not batch:
+                continue
+            await self._run(state, batch, loop)
+
+    def _batch_is_full(self, state: _LaneState[P, R]) -> bool:
+        if len(state.queue) >= self.limits.max_batch_size:
+            return True
+        total = 0
+        for item in state.queue:
+            total += item.tokens
+            if total >= self.limits.max_batch_tokens:
+                return True
+        return False
+
+    def _take_batch(self, state: _LaneState[P, R]) -> list[_Item[P, R]]:
+        """Pop the oldest live item plus its nearest-length neighbours that fit the limits."""
+        limits = self.limits
+        window = min(len(state.queue), CANDIDATE_WINDOW_PER_BATCH_SLOT * limits.max_batch_size)
+        candidates: list[_Item[P, R]] = []
+        dropped = 0
+        for _ in range(window):
+            item = state.queue.popleft()
+            if item.request.live:
+                candidates.append(item)
+            else:
+                dropped += 1
+        if dropped:
+            self._queued_items -= dropped
+            self._observer.observe_dropped(state.name, dropped)
+        if not candidates:
+            return []
+        anchor = candidates[0]
+        ordered = sorted(candidates, key=lambda it: (it.tokens, it.seq))
+        lo = hi = ordered.index(anchor)
+        longest = anchor.tokens
+        # Grow a window in length order around the anchor, always taking the neighbour closest in length.
+        while hi - lo + 1 < limits.max_batch_size:
+            left = ordered[lo - 1] if lo > 0 else None
+            right = ordered[hi + 1] if hi + 1 < len(ordered) else None
+            if left is None and right is None:
+                break
+            take_right = right is not None and (
+                left is None or (right.tokens - anchor.tokens) <= (anchor.tokens - left.tokens)
+            )
+            new_longest = max(longest, right.tokens) if take_right and right else longest
+            if (hi - lo + 2) * new_longest > limits.max_batch_tokens:
+                if take_right and left is not None and (hi - lo + 2) * longest <= limits.max_batch_tokens:
+                    lo -= 1
+                    continue
+                break
+            if take_right:
+                hi += 1
+                longest = new_longest
+            else:
+                lo -= 1
+        chosen = {id(it) for it in ordered[lo : hi + 1]}
+        batch = [it for it in candidates if id(it) in chosen]
+        # Put back the rest in their original (FIFO) order.
+        for item in reversed([it for it in candidates if id(it) not in chosen]):
+            state.queue.appendleft(item)
+        self._queued_items -= len(batch)
+        self._observer.observe_queue(state.name, len(state.queue))
+        return batch
+
+    async def _run(
+        self, state: _LaneState[P, R], batch: list[_Item[P, R]], loop: asyncio.AbstractEventLoop
+    ) -> None:
+        payloads = [item.payload for item in batch]
+        started = time.perf_counter()
+        try:
+            results = await loop.run_in_executor(state.executor, self._run_batch, payloads, state.name)
+        except Exception as exc:
+            if len(batch) > 1:
+                # Often an out-of-memory on one big batch: retry the halves before failing anyone.
+                logger.warning("batch of %d items failed (%s); retrying in halves", len(batch), type(exc).__name__)
+                middle = len(batch) // 2
+                await self._run(state, batch[:middle], loop)
+                await self._run(state, batch[middle:], loop)
+                return
+            logger.exception("forward pass failed for a single item")
+            if batch[0].request.live:
+                batch[0].request.future.set_exception(
+                    BatchFailedError("the model failed on this input; see the server log")
+                )
+            return
+        elapsed = time.perf_counter() - started
+        tokens = sum(item.tokens for item in batch)
+        padded = len(batch) * max(item.tokens for item in batch)
+        if elapsed > 0:
+            rate = tokens / elapsed
+            self._throughput_tokens_per_s = (
+                rate if self._throughput_tokens_per_s == 0 else 0.8 * self._throughput_tokens_per_s + 0.2 * rate
+            )
+        self._observer.observe_batch(state.name, len(batch), tokens, padded, elapsed)
+        if len(results) != len(batch):
+            raise RuntimeError(f"run_batch returned {len(results)} results for {len(batch)} items")
+        for item, result in zip(batch, results, strict=True):
+            request = item.request
+            if not request.live:
+                continue
+            request.results[item.position] = result
+            request.remaining -= 1
+            if request.remaining == 0:
+                request.future.set_result(list(request.results))  # type: ignore[arg-type]

@@ -1,0 +1,122 @@
+"""One settings object per server process.
+
+Every field is a CLI flag of ``rag-serve`` and an environment variable ``RAG_SERVE_<FIELD>`` (upper case).
+The environment is read only when :func:`settings_from_env` or the CLI builds the object, never at import.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+from typing import Any, Literal, get_args, get_type_hints
+
+ServerKind = Literal["embed", "rerank", "mm-embed"]
+ENV_PREFIX = "RAG_SERVE_"
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """Settings of one model server (one model on one device).
+
+    Attributes mirror the CLI flags one to one; see ``rag-serve <kind> --help`` for the text of each.
+    """
+
+    kind: ServerKind = "embed"
+    model: str = ""
+    served_model_name: str | None = None
+    device: str = "auto"
+    dtype: str = "auto"
+    attention: str = "auto"
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_keys: tuple[str, ...] = ()
+    max_length: int = 8192
+    max_batch_tokens: int = 16384
+    max_batch_size: int = 256
+    max_wait_ms: float = 2.0
+    max_queue_items: int = 100_000
+    max_client_batch: int = 2048
+    max_body_bytes: int = 32 * 1024 * 1024
+    priority_max_items: int = 8
+    priority_max_tokens: int = 4096
+    tokenizer_threads: int = 2
+    retry_after_s: int = 1
+    trust_remote_code: bool = False
+    instruction: str | None = None
+    log_level: str = "info"
+    warmup: bool = True
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not self.model:
+            problems.append("model is required (--model PATH_OR_HF_ID or RAG_SERVE_MODEL)")
+        for name in ("max_length", "max_batch_tokens", "max_batch_size", "max_queue_items", "max_client_batch"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be >= 1")
+        if self.max_batch_tokens < self.max_length:
+            problems.append(
+                f"max_batch_tokens ({self.max_batch_tokens}) must be >= max_length ({self.max_length}) "
+                "so that one full-length input fits a batch"
+            )
+        if self.max_wait_ms < 0:
+            problems.append("max_wait_ms must be >= 0")
+        if problems:
+            raise ValueError("invalid server settings: " + "; ".join(problems))
+
+    @property
+    def model_name(self) -> str:
+        """Name reported to clients: ``served_model_name`` or the model path/ID."""
+        return self.served_model_name or self.model
+
+    def with_overrides(self, **changes: Any) -> ServerSettings:
+        return replace(self, **changes)
+
+
+def _parse_value(raw: str, annotation: Any) -> Any:
+    text = str(annotation)
+    if "tuple" in text:
+        return tuple(part.strip() for part in raw.split(",") if part.strip())
+    if "bool" in text:
+        lowered = raw.strip().lower()
+        if lowered in {"1", "true", "yes", "on"}:
+            return True
+        if lowered in {"0", "false", "no", "off"}:
+            return False
+        raise ValueError(f"not a boolean: {raw!r}")
+    if "int" in text and "None" not in text:
+        return int(raw)
+    if "float" in text:
+        return float(raw)
+    if raw == "" and "None" in text:
+        return None
+    return raw
+
+
+def env_var_name(field_name: str) -> str:
+    """``max_batch_tokens`` -> ``RAG_SERVE_MAX_BATCH_TOKENS``."""
+    return ENV_PREFIX + field_name.upper()
+
+
+def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    """Settings values present in ``environ`` (``RAG_SERVE_*``), parsed to their field types."""
+    hints = get_type_hints(ServerSettings)
+    values: dict[str, Any] = {}
+    for f in fields(ServerSettings):
+        key = env_var_name(f.name)
+        if key in environ:
+            values[f.name] = _parse_value(environ[key], hints[f.name])
+    # RAG_SERVE_API_KEY (singular) is the spelling most people type.
+    if "api_keys" not in values and env_var_name("api_key") in environ:
+        values["api_keys"] = _parse_value(environ[env_var_name("api_key")], tuple[str, ...])
+    return values
+
+
+def settings_from_env(environ: Mapping[str, str] | None = None, **explicit: Any) -> ServerSettings:
+    """Build settings from defaults, then ``RAG_SERVE_*`` variables, then ``explicit`` keyword values."""
+    values = env_overrides(os.environ if environ is None else environ)
+    values.update({k: v for k, v in explicit.items() if v is not None})
+    return ServerSettings(**values)
+
+
+SERVER_KINDS: tuple[str, ...] = get_args(ServerKind)

@@ -1,0 +1,45 @@
+"""Shared fixtures: the Qwen vocabulary, tiny random-weight models, the real MiniLM weights."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.support.qwen_tokenizer import save_qwen_tokenizer
+from tests.support.tiny_models import minilm_dir, save_tiny_qwen3_causal_lm, save_tiny_qwen3_embedding
+
+
+@pytest.fixture(scope="session")
+def qwen_tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Qwen3 vocabulary with the official EOS-appending post-processor."""
+    return save_qwen_tokenizer(tmp_path_factory.mktemp("qwen-tok-eos"), with_eos_postprocessor=True)
+
+
+@pytest.fixture(scope="session")
+def qwen_tokenizer_plain_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Qwen3 vocabulary without the EOS post-processor (like ../shared/data/qwen3-tokenizer)."""
+    return save_qwen_tokenizer(tmp_path_factory.mktemp("qwen-tok-plain"), with_eos_postprocessor=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen3_embedding(tmp_path_factory: pytest.TempPathFactory, qwen_tokenizer_dir: Path) -> Path:
+    return save_tiny_qwen3_embedding(tmp_path_factory.mktemp("tiny-qwen3-emb"), qwen_tokenizer_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen3_embedding_plain_tokenizer(
+    tmp_path_factory: pytest.TempPathFactory, qwen_tokenizer_plain_dir: Path
+) -> Path:
+    """Same weights (same seed) as ``tiny_qwen3_embedding``, tokenizer without the EOS post-processor."""
+    return save_tiny_qwen3_embedding(tmp_path_factory.mktemp("tiny-qwen3-emb-plain"), qwen_tokenizer_plain_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen3_causal_lm(tmp_path_factory: pytest.TempPathFactory, qwen_tokenizer_plain_dir: Path) -> Path:
+    return save_tiny_qwen3_causal_lm(tmp_path_factory.mktemp("tiny-qwen3-lm"), qwen_tokenizer_plain_dir)
+
+
+@pytest.fixture(scope="session")
+def minilm() -> Path:
+    return minilm_dir()

