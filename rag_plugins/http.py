@@ -13,9 +13,11 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
 import json
 import random
 import threading
+import weakref
 from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -64,8 +66,24 @@ class _BackgroundLoop:
 
     def __init__(self) -> None:
         self.loop = asyncio.new_event_loop()
+        self.sessions: weakref.WeakSet[aiohttp.ClientSession] = weakref.WeakSet()
         self.thread = threading.Thread(target=self.loop.run_forever, name="rag-plugins-http", daemon=True)
         self.thread.start()
+        atexit.register(self.shutdown)
+
+    def shutdown(self) -> None:
+        """Close the sessions opened on this loop (at interpreter exit), so no 'Unclosed' warnings."""
+        sessions = [s for s in list(self.sessions) if not s.closed]
+        if not sessions or not self.thread.is_alive():
+            return
+
+        async def close_all() -> None:
+            await asyncio.wait_for(asyncio.gather(*(s.close() for s in sessions)), timeout=5)
+
+        try:
+            self.run(close_all())
+        except Exception:  # best effort at interpreter exit
+            pass
 
     @classmethod
     def get(cls) -> _BackgroundLoop:
@@ -76,6 +94,16 @@ class _BackgroundLoop:
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+
+
+def _close_sessions_soon(sessions: dict[asyncio.AbstractEventLoop, aiohttp.ClientSession]) -> None:
+    for loop, session in list(sessions.items()):
+        if session.closed or loop.is_closed() or not loop.is_running():
+            continue
+        try:
+            asyncio.run_coroutine_threadsafe(session.close(), loop)
+        except RuntimeError:
+            pass
 
 
 def _error_from_body(status: int, text: str, url: str) -> ServerResponseError:
@@ -124,6 +152,8 @@ class ServiceClient:
             self._headers["Authorization"] = f"Bearer {api_key}"
         self._sessions: dict[asyncio.AbstractEventLoop, aiohttp.ClientSession] = {}
         self._lock = threading.Lock()
+        # Close this client's sessions when it is garbage-collected (the dict outlives it via the finalizer).
+        weakref.finalize(self, _close_sessions_soon, self._sessions)
 
     # ------------------------------------------------------------------------------------------ sessions
     def _session(self) -> aiohttp.ClientSession:
@@ -139,6 +169,9 @@ class ServiceClient:
                     connector=aiohttp.TCPConnector(limit=64, keepalive_timeout=60),
                 )
                 self._sessions[loop] = session
+                background = _BackgroundLoop._instance
+                if background is not None and background.loop is loop:
+                    background.sessions.add(session)
             return session
 
     async def aclose(self) -> None:

@@ -170,7 +170,7 @@ class OpenAIEmbeddingRequest(StrictRequest):
             return [self.input]
         if self.input and isinstance(self.input[0], int):
             return [list(self.input)]  # type: ignore[arg-type]
-        return list(self.input)  # type: ignore[arg-type]
+        return list(self.input)  # type: ignore[return-value]
 
 
 class OpenAIEmbeddingData(BaseModel):

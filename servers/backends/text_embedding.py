@@ -129,8 +129,9 @@ class SentenceTransformerEmbedder:
         self._tokenizer = ThreadLocalTokenizer(tokenizer)
         st_max = int(self.model.max_seq_length or max_length)
         self.max_length = min(max_length, st_max)
-        dim = self.model.get_sentence_embedding_dimension()
-        self.dim = int(dim) if dim is not None else 0
+        getter = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
+        dim = getter()
+        self.dim = dim if dim is not None else 0
         self.vocab_size = int(len(tokenizer))
         self.pad_token_id = int(tokenizer.pad_token_id or 0)
         self.padding_side = str(getattr(tokenizer, "padding_side", "right") or "right")

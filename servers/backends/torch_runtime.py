@@ -42,7 +42,7 @@ class LaneStreams:
         self._streams: dict[str, Any] = {}
         if placement.device.type == "cuda":
             with torch.cuda.device(placement.device):
-                low, high = torch.cuda.Stream.priority_range()
+                low, high = torch.cuda.Stream.priority_range()  # type: ignore[call-arg]
                 self._streams = {
                     "priority": torch.cuda.Stream(device=placement.device, priority=high),
                     "bulk": torch.cuda.Stream(device=placement.device, priority=low),

@@ -1,0 +1,238 @@
+"""Torch backends for reranking: pair scorers (decoder last-token head, encoder cross-encoder) and a bi-encoder.
+
+Every backend tokenizes on the engine's tokenizer threads (``tokenize_*``) and runs one padded batch per
+call of ``forward`` in a scheduler lane's model thread. ``forward`` returns *raw* scores (before the
+recipe's activation) for pair scorers, or un-normalised embeddings for the bi-encoder. Results never depend
+on the batch an item lands in: padding is masked, decoders get position ids computed from the mask and are
+read at each row's last real token.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from servers.backends.device import Placement
+from servers.backends.text_embedding import TextEmbeddingBackend, load_text_embedder
+from servers.backends.torch_runtime import (
+    LaneStreams,
+    ThreadLocalTokenizer,
+    last_token_index,
+    model_load_kwargs,
+    pad_batch,
+    positions_from_mask,
+)
+from servers.recipes.rerank import RerankRecipe
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EncodedInput:
+    """One model input: a formatted pair (pair scorers) or one text (bi-encoder).
+
+    Attributes:
+        ids: Token ids, after templates and truncation.
+        type_ids: Segment ids for encoders that use them (BERT pairs), else None.
+        original_length: Tokens before truncation.
+    """
+
+    ids: list[int]
+    type_ids: list[int] | None
+    original_length: int
+
+    @property
+    def truncated(self) -> bool:
+        return self.original_length > len(self.ids)
+
+
+def raw_from_logits(logits: torch.Tensor) -> torch.Tensor:
+    """One raw score per row: the logit of a 1-label head, ``logit_1 - logit_0`` of a 2-label head.
+
+    Args:
+        logits: (n, 1) or (n, 2).
+
+    Returns:
+        (n,) float32.
+    """
+    logits = logits.float()
+    if logits.shape[-1] == 1:
+        return logits[:, 0]
+    return logits[:, 1] - logits[:, 0]
+
+
+def _model_max_length(config: Any, tokenizer: Any, requested: int) -> int:
+    limit = requested
+    positions = getattr(config, "max_position_embeddings", None)
+    if positions:
+        limit = min(limit, int(positions))
+    tok_max = getattr(tokenizer, "model_max_length", None)
+    if isinstance(tok_max, int) and 0 < tok_max < 1_000_000:
+        limit = min(limit, tok_max)
+    return limit
+
+
+class DecoderPairScorer:
+    """Decoder reranker (Qwen3-Reranker and its ``*-seq-cls`` conversion).
+
+    Input = prefix + middle (truncated) + suffix; left padding; the hidden state of the last real token goes
+    through a small head: the two LM-head rows ``[no, yes]`` of a causal LM, or the ``score`` layer of a
+    sequence classifier. Only those rows are computed (not the 150k-wide vocabulary projection).
+    """
+
+    def __init__(self, model_dir: Path, recipe: RerankRecipe, placement: Placement, max_length: int) -> None:
+        from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+        if recipe.template is None:
+            raise ValueError("a decoder reranker recipe needs a template")
+        self.recipe = recipe
+        self.template = recipe.template
+        self.placement = placement
+        tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+        self._tokenizer = ThreadLocalTokenizer(tokenizer)
+        kwargs = model_load_kwargs(placement)
+        if recipe.head_token_ids is not None:
+            model = AutoModelForCausalLM.from_pretrained(str(model_dir), **kwargs)
+            head = model.get_output_embeddings()
+            rows = torch.tensor(list(recipe.head_token_ids), dtype=torch.long, device=head.weight.device)
+            weight = head.weight.detach().index_select(0, rows)
+            bias = head.bias.detach().index_select(0, rows) if getattr(head, "bias", None) is not None else None
+        else:
+            model = AutoModelForSequenceClassification.from_pretrained(str(model_dir), **kwargs)
+            weight = model.score.weight.detach()
+            bias = model.score.bias.detach() if getattr(model.score, "bias", None) is not None else None
+        config = model.config
+        # Keep only the decoder stack: the full LM head (untied on larger models) is freed with the wrapper.
+        self.model = getattr(model, model.base_model_prefix).to(placement.device).eval()
+        self.head_weight = weight.to(placement.device, torch.float32).clone()
+        self.head_bias = bias.to(placement.device, torch.float32).clone() if bias is not None else None
+        del model
+        self.max_length = _model_max_length(config, tokenizer, max_length)
+        self.prefix_ids: list[int] = list(tokenizer.encode(self.template.prefix, add_special_tokens=False))
+        self.suffix_ids: list[int] = list(tokenizer.encode(self.template.suffix, add_special_tokens=False))
+        self.middle_budget = self.max_length - len(self.prefix_ids) - len(self.suffix_ids)
+        if self.middle_budget < 1:
+            raise ValueError(
+                f"max_length {self.max_length} leaves no room for the query and document after the template's "
+                f"{len(self.prefix_ids) + len(self.suffix_ids)} tokens; raise --max-length"
+            )
+        self._truncate_left = getattr(tokenizer, "truncation_side", "right") == "left"
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.pad_token_id = int(pad) if pad is not None else 0
+        self._streams = LaneStreams(placement)
+
+    def tokenize_pairs(self, pairs: list[tuple[str, str]], instruction: str) -> list[EncodedInput]:
+        """Format and tokenize pairs; only the middle part is truncated (prefix/suffix always whole)."""
+        middles = [self.template.format_middle(instruction, q, d) for q, d in pairs]
+        encoded = self._tokenizer.get()(middles, add_special_tokens=False)["input_ids"]
+        fixed = len(self.prefix_ids) + len(self.suffix_ids)
+        out: list[EncodedInput] = []
+        for ids in encoded:
+            middle = list(ids)
+            original = fixed + len(middle)
+            if len(middle) > self.middle_budget:
+                middle = middle[-self.middle_budget :] if self._truncate_left else middle[: self.middle_budget]
+            out.append(EncodedInput([*self.prefix_ids, *middle, *self.suffix_ids], None, original))
+        return out
+
+    @torch.inference_mode()
+    def forward(self, batch: list[EncodedInput], lane: str) -> np.ndarray:
+        """Raw scores of a batch. Returns float32 (n,)."""
+        with self._streams.use(lane):
+            ids, mask = pad_batch([b.ids for b in batch], self.pad_token_id, "left", self.placement.device)
+            out = self.model(
+                input_ids=ids, attention_mask=mask, position_ids=positions_from_mask(mask), use_cache=False
+            )
+            hidden = out.last_hidden_state
+            rows = torch.arange(hidden.shape[0], device=hidden.device)
+            last = hidden[rows, last_token_index(mask)].float()
+            logits = last @ self.head_weight.T
+            if self.head_bias is not None:
+                logits = logits + self.head_bias
+            return raw_from_logits(logits).cpu().numpy()
+
+
+class CrossEncoderPairScorer:
+    """Encoder cross-encoder: the tokenizer's own pair encoding, ``longest_first`` truncation, right padding."""
+
+    def __init__(self, model_dir: Path, recipe: RerankRecipe, placement: Placement, max_length: int) -> None:
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        self.recipe = recipe
+        self.placement = placement
+        tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+        self._tokenizer = ThreadLocalTokenizer(tokenizer)
+        self.model = AutoModelForSequenceClassification.from_pretrained(
+            str(model_dir), **model_load_kwargs(placement)
+        )
+        self.model.to(placement.device).eval()
+        self.max_length = _model_max_length(self.model.config, tokenizer, max_length)
+        self.pad_token_id = int(tokenizer.pad_token_id or 0)
+        self._wants_token_types = "token_type_ids" in getattr(tokenizer, "model_input_names", [])
+        self._streams = LaneStreams(placement)
+
+    def tokenize_pairs(self, pairs: list[tuple[str, str]], instruction: str | None = None) -> list[EncodedInput]:
+        """Tokenize (query, document) pairs; ``instruction`` is ignored (cross-encoders take none)."""
+        tok = self._tokenizer.get()
+        queries = [q for q, _ in pairs]
+        docs = [d for _, d in pairs]
+        full = tok(queries, docs, add_special_tokens=True)
+        out: list[EncodedInput] = []
+        for i, ids in enumerate(full["input_ids"]):
+            types = full["token_type_ids"][i] if "token_type_ids" in full else None
+            if len(ids) > self.max_length:
+                cut = tok(queries[i], docs[i], truncation="longest_first", max_length=self.max_length)
+                out.append(EncodedInput(list(cut["input_ids"]), cut.get("token_type_ids"), len(ids)))
+            else:
+                out.append(EncodedInput(list(ids), list(types) if types is not None else None, len(ids)))
+        return out
+
+    @torch.inference_mode()
+    def forward(self, batch: list[EncodedInput], lane: str) -> np.ndarray:
+        """Raw scores of a batch. Returns float32 (n,)."""
+        with self._streams.use(lane):
+            ids, mask = pad_batch([b.ids for b in batch], self.pad_token_id, "right", self.placement.device)
+            features: dict[str, torch.Tensor] = {"input_ids": ids, "attention_mask": mask}
+            if self._wants_token_types:
+                types = [b.type_ids if b.type_ids is not None else [0] * len(b.ids) for b in batch]
+                features["token_type_ids"], _ = pad_batch(types, 0, "right", self.placement.device)
+            logits = self.model(**features).logits
+            return raw_from_logits(logits).cpu().numpy()
+
+
+class BiEncoderScorer:
+    """A sentence-transformers embedding model used for reranking by cosine; runs the embedding backend."""
+
+    def __init__(self, model_dir: Path, recipe: RerankRecipe, placement: Placement, max_length: int) -> None:
+        if recipe.embedding is None:
+            raise ValueError("a bi-encoder recipe needs an embedding recipe")
+        self.recipe = recipe
+        self.placement = placement
+        self.embedder: TextEmbeddingBackend = load_text_embedder(model_dir, recipe.embedding, placement, max_length)
+        self.max_length = self.embedder.max_length
+
+    def tokenize_texts(self, texts: list[str]) -> list[EncodedInput]:
+        """Tokenize already formatted texts (query prompts applied by the engine)."""
+        return [EncodedInput(t.ids, None, t.original_length) for t in self.embedder.tokenize(texts)]
+
+    def forward(self, batch: list[EncodedInput], lane: str) -> np.ndarray:
+        """Embeddings of a batch. Returns float32 (n, dim), not normalised."""
+        return self.embedder.forward([b.ids for b in batch], lane)
+
+
+PairScorer = DecoderPairScorer | CrossEncoderPairScorer
+RerankBackend = DecoderPairScorer | CrossEncoderPairScorer | BiEncoderScorer
+
+
+def load_reranker(model_dir: Path, recipe: RerankRecipe, placement: Placement, max_length: int) -> RerankBackend:
+    """Instantiate the backend the recipe calls for."""
+    if recipe.kind == "decoder":
+        return DecoderPairScorer(model_dir, recipe, placement, max_length)
+    if recipe.kind == "cross-encoder":
+        return CrossEncoderPairScorer(model_dir, recipe, placement, max_length)
+    return BiEncoderScorer(model_dir, recipe, placement, max_length)
