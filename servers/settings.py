@@ -54,11 +54,6 @@ class ServerSettings:
         for name in ("max_length", "max_batch_tokens", "max_batch_size", "max_queue_items", "max_client_batch"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1")
-        if self.max_batch_tokens < self.max_length:
-            problems.append(
-                f"max_batch_tokens ({self.max_batch_tokens}) must be >= max_length ({self.max_length}) "
-                "so that one full-length input fits a batch"
-            )
         if self.max_wait_ms < 0:
             problems.append("max_wait_ms must be >= 0")
         if problems:

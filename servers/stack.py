@@ -82,6 +82,15 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _reaped(pid: int) -> bool:
+    """Reap ``pid`` if it is our exited child (a zombie still answers kill(pid, 0))."""
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return False
+    return done == pid
+
+
 def _health(entry: StackEntry) -> str:
     try:
         with urllib.request.urlopen(f"http://{entry.host}:{entry.port}/health", timeout=2) as resp:
@@ -105,12 +114,24 @@ def up(state_dir: Path, entries: list[StackEntry], wait_s: float) -> int:
         print(f"{entry.name}: started {entry.kind} on port {entry.port} (pid {proc.pid})")
     deadline = time.monotonic() + wait_s
     pending = list(entries)
+    failed: list[StackEntry] = []
     while pending and time.monotonic() < deadline:
-        pending = [e for e in pending if _health(e) != "healthy"]
-        time.sleep(0.5)
+        still = []
+        for e in pending:
+            pid = int((state_dir / f"{e.name}.pid").read_text())
+            if not _alive(pid) or _reaped(pid):
+                failed.append(e)
+            elif _health(e) != "healthy":
+                still.append(e)
+        pending = still
+        if pending:
+            time.sleep(0.5)
+    for entry in failed:
+        tail = (state_dir / f"{entry.name}.log").read_text(encoding="utf-8", errors="replace")[-1500:]
+        print(f"{entry.name}: exited during start-up:\n{tail}")
     for entry in pending:
         print(f"{entry.name}: not healthy after {wait_s:.0f}s; see `rag-serve logs {entry.name}`")
-    return 1 if pending else 0
+    return 1 if pending or failed else 0
 
 
 def status(state_dir: Path, entries: list[StackEntry]) -> int:

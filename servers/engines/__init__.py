@@ -4,5 +4,6 @@ from __future__ import annotations
 
 from servers.engines.base import EngineBase
 from servers.engines.embedding import EmbeddingEngine, EmbeddingResult
+from servers.engines.rerank import RerankEngine, RerankResult, ScoreResult
 
-__all__ = ["EmbeddingEngine", "EmbeddingResult", "EngineBase"]
+__all__ = ["EmbeddingEngine", "EmbeddingResult", "EngineBase", "RerankEngine", "RerankResult", "ScoreResult"]

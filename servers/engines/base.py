@@ -20,6 +20,19 @@ R = TypeVar("R")
 T = TypeVar("T")
 
 
+def check_fits_batch(max_length: int, settings: ServerSettings) -> None:
+    """Refuse settings under which one input of the model's full length could never be batched.
+
+    Raises:
+        ValueError: ``max_batch_tokens`` is below the effective max length (model limit and --max-length).
+    """
+    if settings.max_batch_tokens < max_length:
+        raise ValueError(
+            f"--max-batch-tokens ({settings.max_batch_tokens}) is below the max input length ({max_length}); "
+            f"raise it or lower --max-length to at most {settings.max_batch_tokens}"
+        )
+
+
 class EngineBase(Generic[P, R]):
     """Owns the scheduler, the tokenizer thread pool and the ready flag of one model.
 

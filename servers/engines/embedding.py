@@ -12,7 +12,7 @@ import numpy as np
 from rag_plugins.protocol import InputType
 from servers.backends.device import choose_placement
 from servers.backends.text_embedding import TextEmbeddingBackend, TokenizedText, load_text_embedder
-from servers.engines.base import EngineBase
+from servers.engines.base import EngineBase, check_fits_batch
 from servers.errors import InvalidRequestError, RequestTooLargeError
 from servers.metrics import ServerMetrics
 from servers.model_files import resolve_model_dir
@@ -88,6 +88,7 @@ class EmbeddingEngine(EngineBase[list[int], np.ndarray]):
             settings.model, recipe.name, placement.device, placement.dtype_name, placement.attention,
         )
         backend = load_text_embedder(model_dir, recipe, placement, settings.max_length)
+        check_fits_batch(backend.max_length, settings)
         return cls(backend, settings, metrics)
 
     # ------------------------------------------------------------------------------------------ public
