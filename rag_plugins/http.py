@@ -48,12 +48,19 @@ class RetryPolicy:
     backoff_max_s: float = 30.0
 
     def delay_s(self, attempt: int, retry_after: str | None = None) -> float:
-        """Seconds to wait before retry number ``attempt`` (0-based)."""
+        """Seconds to wait before retry number ``attempt`` (0-based).
+
+        With ``Retry-After`` the wait is never shorter than the server asked, and is spread at random over
+        up to twice that, so that the many clients an overloaded server refused at once do not all come
+        back in the same instant and get refused again.
+        """
         if retry_after:
             try:
-                return min(self.backoff_max_s, max(0.0, float(retry_after))) + random.uniform(0, 0.1)
+                floor = min(self.backoff_max_s, max(0.0, float(retry_after)))
             except ValueError:
-                pass  # an HTTP-date; fall back to backoff
+                floor = None  # an HTTP-date; fall back to backoff
+            if floor is not None:
+                return max(floor, min(self.backoff_max_s, floor * random.uniform(1.0, 2.0)))
         backoff = min(self.backoff_max_s, self.backoff_base_s * (2**attempt))
         return backoff * random.uniform(0.5, 1.0)
 
@@ -96,14 +103,35 @@ class _BackgroundLoop:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
 
 
+def _drop_session_of_closed_loop(session: aiohttp.ClientSession) -> None:
+    """Release a session whose event loop is already closed (e.g. one made under ``asyncio.run``).
+
+    Its ``close()`` coroutine can no longer run; closing the connector marks the session closed and drops
+    its sockets synchronously.
+    """
+    connector = session.connector
+    if connector is None or connector.closed:
+        return
+    # aiohttp's public close() is a coroutine on TCPConnector; its synchronous core is _close().
+    close_now = getattr(connector, "_close", None)
+    try:
+        if close_now is not None:
+            close_now()
+    except Exception:  # the closed loop may refuse callbacks; the connector is marked closed first
+        pass
+
+
 def _close_sessions_soon(sessions: dict[asyncio.AbstractEventLoop, aiohttp.ClientSession]) -> None:
     for loop, session in list(sessions.items()):
-        if session.closed or loop.is_closed() or not loop.is_running():
+        if session.closed:
+            continue
+        if loop.is_closed() or not loop.is_running():
+            _drop_session_of_closed_loop(session)
             continue
         try:
             asyncio.run_coroutine_threadsafe(session.close(), loop)
         except RuntimeError:
-            pass
+            _drop_session_of_closed_loop(session)
 
 
 def _error_from_body(status: int, text: str, url: str) -> ServerResponseError:
@@ -160,7 +188,7 @@ class ServiceClient:
         loop = asyncio.get_running_loop()
         with self._lock:
             for old_loop in [lp for lp in self._sessions if lp.is_closed()]:
-                del self._sessions[old_loop]
+                _drop_session_of_closed_loop(self._sessions.pop(old_loop))
             session = self._sessions.get(loop)
             if session is None or session.closed:
                 session = aiohttp.ClientSession(

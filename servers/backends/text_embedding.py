@@ -132,7 +132,7 @@ class SentenceTransformerEmbedder:
         getter = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
         dim = getter()
         self.dim = dim if dim is not None else 0
-        self.vocab_size = int(len(tokenizer))
+        self.vocab_size = len(tokenizer)
         self.pad_token_id = int(tokenizer.pad_token_id or 0)
         self.padding_side = str(getattr(tokenizer, "padding_side", "right") or "right")
         self._wants_token_types = "token_type_ids" in getattr(tokenizer, "model_input_names", [])

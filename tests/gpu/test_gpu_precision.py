@@ -1,0 +1,56 @@
+"""GPU checks (run on the device machine: ``pytest -m gpu tests/gpu``), never in CI.
+
+Half-precision vectors and scores must stay close to the fp32 recipe, the hardware rule must pick bf16 on
+compute capability >= 8.0 and fp16 below, and a text's vector must not depend on its batch on the GPU either.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on the device machine)"),
+]
+
+
+def _texts() -> list[str]:
+    rng = np.random.default_rng(0)
+    words = ["graph", "vector", "index", "query", "passage", "model", "token", "batch", "reranker", "milvus", "light", "fusion"]
+    return [" ".join(rng.choice(words, size=int(n))) for n in rng.integers(3, 300, size=50)]
+
+
+def test_auto_dtype_follows_compute_capability(tiny_qwen3_embedding: Path) -> None:
+    from servers.backends.device import choose_placement
+
+    placement = choose_placement("cuda:0", "auto", "auto")
+    major, _ = torch.cuda.get_device_capability(0)
+    assert placement.dtype == (torch.bfloat16 if major >= 8 else torch.float16)
+    assert placement.attention == "sdpa"
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_half_precision_close_to_fp32_and_batch_invariant(tiny_qwen3_embedding: Path, dtype: str) -> None:
+    texts = _texts()
+
+    async def run(dt: str, device: str) -> tuple[np.ndarray, np.ndarray]:
+        from servers.engines.embedding import EmbeddingEngine
+        from servers.settings import ServerSettings
+
+        engine = EmbeddingEngine.from_settings(ServerSettings(model=str(tiny_qwen3_embedding), device=device, dtype=dt))
+        async with engine:
+            batch = (await engine.embed(texts)).vectors
+            alone = np.stack([(await engine.embed([t])).vectors[0] for t in texts[:10]])
+        return batch, alone
+
+    ref, _ = asyncio.run(run("float32", "cpu"))
+    half, alone = asyncio.run(run(dtype, "cuda:0"))
+    cosine = np.sum(ref * half, axis=1)
+    assert cosine.min() > 0.995, cosine.min()
+    # bf16/fp16 kernels may pick other tiles for other batch shapes; the drift must stay at rounding level.
+    assert np.abs(alone - half[:10]).max() < 2e-2
