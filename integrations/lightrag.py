@@ -1,9 +1,14 @@
-"""LightRAG / RAG-Anything adapters: ``embedding_func`` (and, with the rerank server, ``rerank_model_func``).
+"""LightRAG / RAG-Anything adapters: ``embedding_func`` and ``rerank_model_func``.
 
     from lightrag import LightRAG
-    from integrations.lightrag import embedding_func
+    from integrations.lightrag import embedding_func, rerank_model_func
 
-    rag = LightRAG(working_dir="./rag", embedding_func=embedding_func("http://127.0.0.1:8001"), ...)
+    rag = LightRAG(
+        working_dir="./rag",
+        embedding_func=embedding_func("http://127.0.0.1:8001"),
+        rerank_model_func=rerank_model_func("http://127.0.0.1:8002"),
+        ...,
+    )
 
 LightRAG passes ``context="query"`` when it embeds a search query and ``context="document"`` when it
 indexes; the adapter sends that to the server as ``input_type`` so queries get the model's instruction.
@@ -16,7 +21,9 @@ from typing import Any
 import numpy as np
 
 from rag_plugins.embedding_client import DEFAULT_EMBED_BATCH_SIZE, ApiStyle, EmbeddingClient
+from rag_plugins.http import DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT_S
 from rag_plugins.optional import require
+from rag_plugins.rerank_client import RerankApiStyle, RerankClient
 
 DEFAULT_MAX_TOKEN_SIZE = 8192
 _CONTEXT_TO_INPUT_TYPE = {"query": "query", "document": "document", "passage": "document"}
@@ -77,3 +84,60 @@ def embedding_func(
         supports_asymmetric=True,
     )
     return wrap(embed)
+
+
+def _document_text(doc: Any) -> str:
+    """LightRAG passes chunk texts; accept chunk dicts too (``content`` / ``text``)."""
+    if isinstance(doc, str):
+        return doc
+    if isinstance(doc, dict):
+        for key in ("content", "text", "chunk_content", "document"):
+            if isinstance(doc.get(key), str):
+                return str(doc[key])
+    return str(doc)
+
+
+def rerank_model_func(
+    base_url: str = "http://127.0.0.1:8002",
+    *,
+    api_style: RerankApiStyle = "native",
+    model: str | None = None,
+    api_key: str | None = None,
+    instruction: str | None = None,
+    timeout: float = DEFAULT_TIMEOUT_S,
+    max_retries: int = DEFAULT_MAX_RETRIES,
+) -> Any:
+    """Build a LightRAG ``rerank_model_func`` that reranks through a rag-serve (or Cohere-style) server.
+
+    LightRAG calls it as ``await func(query=..., documents=[chunk texts], top_n=...)`` and keeps the order
+    it gets (it does not re-sort), so the results come best first.
+
+    Args:
+        base_url: Rerank server.
+        api_style: ``native`` (``/rerank``) or ``cohere`` (``/v1/rerank``).
+        model: Model name (Cohere style).
+        api_key: Bearer token.
+        instruction: Task instruction (None: the server's default).
+        timeout: Seconds per HTTP attempt.
+        max_retries: Retries on 429/503/connection errors.
+
+    Returns:
+        ``async (query, documents, top_n=None, **kwargs) -> [{"index": int, "relevance_score": float}]``,
+        best first, at most ``top_n`` entries.
+    """
+    client = RerankClient(
+        base_url=base_url, api_style=api_style, model=model, api_key=api_key, instruction=instruction,
+        timeout_s=timeout, max_retries=max_retries,
+    )
+
+    async def rerank(
+        query: str, documents: list[Any], top_n: int | None = None, **_: Any
+    ) -> list[dict[str, Any]]:
+        if not documents:
+            return []
+        texts = [_document_text(d) for d in documents]
+        hits = await client.arerank(query, list(texts), top_n=top_n)
+        return [{"index": h.index, "relevance_score": h.score} for h in hits]
+
+    rerank.client = client  # type: ignore[attr-defined]
+    return rerank

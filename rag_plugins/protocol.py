@@ -208,6 +208,19 @@ def _doc_text(doc: str | DocInput) -> str:
     return doc if isinstance(doc, str) else (doc.text or "")
 
 
+def _reject_blank_query(value: str) -> str:
+    if not value.strip():
+        raise ValueError("query is empty or whitespace only")
+    return value
+
+
+def _reject_blank_texts(value: str | list[str]) -> str | list[str]:
+    for i, text in enumerate([value] if isinstance(value, str) else value):
+        if not text.strip():
+            raise ValueError(f"item {i} is empty or whitespace only")
+    return value
+
+
 class RerankRequest(StrictRequest):
     """Body of ``POST /rerank``: native shape, or the TEI shape when ``texts`` is given instead of ``docs``."""
 
@@ -216,9 +229,11 @@ class RerankRequest(StrictRequest):
     texts: list[NonEmptyText] | None = Field(default=None, description="TEI alias of docs (TEI answer).")
     instruction: str | None = Field(default=None, description="Task instruction; model default if omitted.")
     top_n: int | None = Field(default=None, ge=0, description="Only the best N in `order`.")
-    truncate: bool = True
-    raw_scores: bool = False
-    return_text: bool = False
+    truncate: bool = Field(default=True, description="Truncate over-long pairs (false: 413 instead).")
+    raw_scores: bool = Field(default=False, description="TEI: scores before the activation (e.g. logits).")
+    return_text: bool = Field(default=False, description="TEI: echo each document's text.")
+
+    _check_query = field_validator("query")(_reject_blank_query)
 
     @model_validator(mode="after")
     def _one_list(self) -> RerankRequest:
@@ -248,13 +263,15 @@ class RerankResponse(BaseModel):
 class CohereRerankRequest(StrictRequest):
     """Body of ``POST /v1/rerank`` and ``/v2/rerank`` (Cohere / Jina shape)."""
 
-    model: str | None = None
+    model: str | None = Field(default=None, description="Ignored beyond validation: one model per server.")
     query: NonEmptyText
-    documents: list[NonEmptyText | DocInput] = Field(min_length=1)
-    top_n: int | None = Field(default=None, ge=0)
-    return_documents: bool = False
-    instruction: str | None = None
+    documents: list[NonEmptyText | DocInput] = Field(min_length=1, description="Documents to score.")
+    top_n: int | None = Field(default=None, ge=0, description="Only the best N results.")
+    return_documents: bool = Field(default=False, description="Echo each result's document text.")
+    instruction: str | None = Field(default=None, description="Task instruction (extension).")
     max_chunks_per_doc: int | None = None
+
+    _check_query = field_validator("query")(_reject_blank_query)
 
 
 class RerankResult(BaseModel):
@@ -277,6 +294,8 @@ class ScoreRequest(StrictRequest):
     text_1: NonEmptyText | list[NonEmptyText] = Field(validation_alias=AliasChoices("text_1", "queries"))
     text_2: NonEmptyText | list[NonEmptyText] = Field(validation_alias=AliasChoices("text_2", "documents"))
     instruction: str | None = None
+
+    _check_texts = field_validator("text_1", "text_2")(_reject_blank_texts)
 
     @model_validator(mode="after")
     def _pairable(self) -> ScoreRequest:

@@ -46,10 +46,6 @@ def default_engine_factory(settings: ServerSettings, metrics: ServerMetrics) -> 
     raise ValueError(f"server kind {settings.kind!r} is not available in this version")
 
 
-class _BodyTooLargeError(Exception):
-    pass
-
-
 class RequestGuard:
     """ASGI middleware: body-size cap, Bearer auth, and per-route request metrics."""
 
@@ -79,22 +75,35 @@ class RequestGuard:
             if rejection is not None:
                 await rejection(scope, receive, send_wrapper)
                 return
+            # Read the body here, under the cap, before the app sees it: an exception raised from inside the
+            # app's receive() would be swallowed by FastAPI's body parser (it answers 400 "error parsing
+            # the body"), so a chunked body without Content-Length could not get its 413 that way.
             limit = self.settings.max_body_bytes
+            parts: list[bytes] = []
             received = 0
-
-            async def limited_receive() -> Message:
-                nonlocal received
+            while True:
                 message = await receive()
-                if message["type"] == "http.request":
-                    received += len(message.get("body", b""))
-                    if received > limit:
-                        raise _BodyTooLargeError
-                return message
+                if message["type"] != "http.request":
+                    status_holder["status"] = 499  # the client went away before sending its whole body
+                    return
+                body = message.get("body", b"")
+                received += len(body)
+                if received > limit:
+                    await _too_large(limit)(scope, receive, send_wrapper)
+                    return
+                parts.append(body)
+                if not message.get("more_body", False):
+                    break
+            replayed = False
 
-            try:
-                await self.app(scope, limited_receive, send_wrapper)
-            except _BodyTooLargeError:
-                await _too_large(limit)(scope, receive, send_wrapper)
+            async def replay_receive() -> Message:
+                nonlocal replayed
+                if not replayed:
+                    replayed = True
+                    return {"type": "http.request", "body": b"".join(parts), "more_body": False}
+                return await receive()  # later calls: disconnect detection
+
+            await self.app(scope, replay_receive, send_wrapper)
         finally:
             self.metrics.requests.labels(route, str(status_holder["status"])).inc()
             self.metrics.request_seconds.labels(route).observe(time.perf_counter() - started)

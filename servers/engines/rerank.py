@@ -16,7 +16,7 @@ import numpy as np
 
 from servers.backends.device import choose_placement
 from servers.backends.rerank import BiEncoderScorer, EncodedInput, RerankBackend, load_reranker
-from servers.engines.base import EngineBase
+from servers.engines.base import EngineBase, check_fits_batch
 from servers.errors import InvalidRequestError, RequestTooLargeError
 from servers.metrics import ServerMetrics
 from servers.model_files import resolve_model_dir
@@ -96,7 +96,9 @@ class RerankEngine(EngineBase[EncodedInput, Any]):
             "loading %s (recipe %s) on %s as %s, attention %s",
             settings.model, recipe.name, placement.device, placement.dtype_name, placement.attention,
         )
-        return cls(load_reranker(model_dir, recipe, placement, settings.max_length), settings, metrics)
+        backend = load_reranker(model_dir, recipe, placement, settings.max_length)
+        check_fits_batch(backend.max_length, settings)
+        return cls(backend, settings, metrics)
 
     # ------------------------------------------------------------------------------------------ public
     @property

@@ -1,0 +1,132 @@
+"""``RerankClient``: framework-free client of a rerank server (native ``/rerank`` or Cohere-style ``/v1/rerank``).
+
+``LocalRerank`` (LlamaIndex) and the LightRAG ``rerank_model_func`` both rerank through this class, so they
+share one request format and the retry/auth policy of :class:`~rag_plugins.http.ServiceClient`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from rag_plugins.http import DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT_S, RetryPolicy, ServiceClient
+
+DEFAULT_RERANK_BASE_URL = "http://127.0.0.1:8002"
+#: Documents per HTTP request; longer lists are split and the answers merged (scores are per pair).
+DEFAULT_MAX_DOCUMENTS_PER_REQUEST = 1024
+
+RerankApiStyle = Literal["native", "cohere"]
+#: A document: its text, or (native style, multimodal rerankers) ``{"text": ..., "image": ImageInput}``.
+Document = str | dict[str, Any]
+
+
+@dataclass(frozen=True)
+class RerankHit:
+    """One scored document.
+
+    Attributes:
+        index: Position of the document in the list that was sent.
+        score: Relevance score (higher is better).
+    """
+
+    index: int
+    score: float
+
+
+@dataclass
+class RerankClient:
+    """Rerank documents through a server.
+
+    Attributes:
+        base_url: Server root (``/v1`` suffix allowed for ``cohere`` style).
+        api_style: ``native`` (rag-serve ``/rerank``) or ``cohere`` (``/v1/rerank`` of rag-serve, vLLM,
+            Infinity, Jina/Cohere-compatible proxies).
+        model: Model name sent in Cohere-style bodies.
+        api_key: Bearer token.
+        instruction: Task instruction (None: the server's default).
+        max_documents_per_request: Split longer document lists over several requests.
+        timeout_s: Seconds per HTTP attempt.
+        max_retries: Retries on 429/503/connection errors.
+    """
+
+    base_url: str = DEFAULT_RERANK_BASE_URL
+    api_style: RerankApiStyle = "native"
+    model: str | None = None
+    api_key: str | None = None
+    instruction: str | None = None
+    max_documents_per_request: int = DEFAULT_MAX_DOCUMENTS_PER_REQUEST
+    timeout_s: float = DEFAULT_TIMEOUT_S
+    max_retries: int = DEFAULT_MAX_RETRIES
+
+    def __post_init__(self) -> None:
+        if self.api_style not in ("native", "cohere"):
+            raise ValueError(f"api_style must be 'native' or 'cohere', not {self.api_style!r}")
+        if self.max_documents_per_request < 1:
+            raise ValueError("max_documents_per_request must be >= 1")
+        self.http = ServiceClient(
+            self.base_url, api_key=self.api_key, timeout_s=self.timeout_s,
+            retry=RetryPolicy(max_retries=self.max_retries),
+        )
+
+    def request_for(self, query: str, documents: list[Document], top_n: int | None) -> tuple[str, dict[str, Any]]:
+        """Path and JSON body of one request."""
+        if self.api_style == "native":
+            body: dict[str, Any] = {"query": query, "docs": documents}
+            path = "/rerank"
+        else:
+            body = {"query": query, "documents": documents, "model": self.model or "default"}
+            path = "/rerank" if self.base_url.rstrip("/").endswith("/v1") else "/v1/rerank"
+        if top_n is not None:
+            body["top_n"] = top_n
+        if self.instruction is not None:
+            body["instruction"] = self.instruction
+        return path, body
+
+    def parse(self, answer: dict[str, Any], offset: int = 0) -> list[RerankHit]:
+        """Hits best first from an answer of either style; ``offset`` shifts indices of a split request."""
+        if self.api_style == "native":
+            scores = answer["scores"]
+            return [RerankHit(offset + int(i), float(scores[int(i)])) for i in answer["order"]]
+        return [RerankHit(offset + int(r["index"]), float(r["relevance_score"])) for r in answer["results"]]
+
+    def _chunks(self, documents: list[Document]) -> list[tuple[int, list[Document]]]:
+        step = self.max_documents_per_request
+        return [(i, documents[i : i + step]) for i in range(0, len(documents), step)]
+
+    @staticmethod
+    def _merge(parts: list[list[RerankHit]], top_n: int | None) -> list[RerankHit]:
+        hits = sorted((h for part in parts for h in part), key=lambda h: (-h.score, h.index))
+        return hits if top_n is None else hits[:top_n]
+
+    def rerank(self, query: str, documents: list[Document], top_n: int | None = None) -> list[RerankHit]:
+        """Score ``documents`` against ``query``; hits best first, at most ``top_n``.
+
+        Raises:
+            ValueError: ``top_n`` < 0.
+            rag_plugins.errors.ServerResponseError: the server refused the request (its message included).
+        """
+        if top_n is not None and top_n < 0:
+            raise ValueError("top_n must be >= 0")
+        if not documents:
+            return []
+        parts = [self.parse(self.http.post(*self.request_for(query, c, top_n)), i) for i, c in self._chunks(documents)]
+        return self._merge(parts, top_n)
+
+    async def arerank(self, query: str, documents: list[Document], top_n: int | None = None) -> list[RerankHit]:
+        """Async :meth:`rerank`; the requests of a split call run concurrently."""
+        if top_n is not None and top_n < 0:
+            raise ValueError("top_n must be >= 0")
+        if not documents:
+            return []
+
+        async def one(offset: int, chunk: list[Document]) -> list[RerankHit]:
+            return self.parse(await self.http.apost(*self.request_for(query, chunk, top_n)), offset)
+
+        parts = await asyncio.gather(*(one(i, c) for i, c in self._chunks(documents)))
+        return self._merge(list(parts), top_n)
+
+    def info(self) -> dict[str, Any]:
+        """The server's ``/info`` (rag-serve): model, recipe, scoring, limits."""
+        answer: dict[str, Any] = self.http.get("/info")
+        return answer

@@ -1,0 +1,293 @@
+"""Rerank recipes: how a model turns a (query, document) pair into one relevance score, as data.
+
+A recipe is resolved from the model's own files (``config.json``, the sentence-transformers files
+``modules.json`` / ``config_sentence_transformers.json``, and the tokenizer's vocabulary), never from the
+model's name. The rules, first match wins:
+
+1. **Sentence-transformers cross-encoder** (``config_sentence_transformers.json`` says
+   ``"model_type": "CrossEncoder"``, or ``modules.json`` lists a ``LogitScore`` module, or ``config.json``
+   carries the cross-encoder keys ``sentence_transformers`` / ``sbert_ce_default_activation_function``):
+   a causal-LM architecture is scored like rule 3, anything else like rule 4.
+2. **Sentence-transformers bi-encoder** (``modules.json`` with a ``Pooling`` module, e.g. all-MiniLM-L6-v2
+   or Qwen3-Embedding): both texts are embedded with the model's embedding recipe and the score is their
+   cosine; ``/info`` reports ``"scoring": "cosine (bi-encoder)"``.
+3. **Yes/no causal-LM reranker** (Qwen3-Reranker): ``architectures`` lists a ``*ForCausalLM`` class, and
+   the tokenizer maps ``"yes"`` and ``"no"`` to single tokens and has the ChatML tokens ``<|im_start|>`` /
+   ``<|im_end|>`` the template is written in. The pair is formatted with :data:`QWEN3_RERANKER_TEMPLATE`,
+   the middle part tokenized without special tokens and truncated so that
+   prefix + middle + suffix <= max_length, left-padded, and scored as
+   ``sigmoid(logit_yes - logit_no)`` of the last position (== softmax over [no, yes]). The token ids come
+   from the tokenizer (``convert_tokens_to_ids``, checked against ``encode``), never from constants.
+4. **Sequence-classification cross-encoder** (``architectures`` lists a ``*ForSequenceClassification``
+   class): an encoder (BERT, XLM-R, ...) gets the tokenizer's own pair encoding (``[CLS] q [SEP] d [SEP]``,
+   ``longest_first`` truncation, right padding); a decoder (``Qwen3ForSequenceClassification``, i.e. the
+   converted ``*-seq-cls`` Qwen3 rerankers, whose one logit is ``logit_yes - logit_no``) whose tokenizer has
+   the ChatML tokens gets the same Qwen3-Reranker template as rule 3 and last-token pooling. The activation
+   is the one the config names (``sentence_transformers.activation_fn`` in ``config.json`` or
+   ``activation_fn`` in ``config_sentence_transformers.json``: Sigmoid, Identity or Tanh); otherwise
+   sigmoid for one label. Two-label heads score ``logit_1 - logit_0`` (so sigmoid gives softmax[1]).
+5. Anything else cannot rerank: a clear error names what was found.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from servers.recipes.embedding import (
+    DEFAULT_RETRIEVAL_INSTRUCTION,
+    EmbeddingRecipe,
+    read_json,
+    resolve_embedding_recipe,
+)
+
+logger = logging.getLogger(__name__)
+
+RerankKind = Literal["decoder", "cross-encoder", "bi-encoder"]
+Activation = Literal["sigmoid", "identity", "tanh"]
+
+#: Decoder model types that can run as a last-token sequence classifier.
+_DECODER_MODEL_TYPES = frozenset({"qwen2", "qwen3", "qwen3_moe", "llama", "mistral", "gemma", "gemma2", "phi3"})
+_CHATML_TOKENS = ("<|im_start|>", "<|im_end|>")
+_ACTIVATIONS: dict[str, Activation] = {"sigmoid": "sigmoid", "identity": "identity", "tanh": "tanh"}
+
+
+@dataclass(frozen=True)
+class PairTemplate:
+    """Text around a (query, document) pair for template-driven rerankers (Qwen3-Reranker).
+
+    Attributes:
+        prefix: Tokenized once, never truncated.
+        middle: Format string with ``{instruction}``, ``{query}`` and ``{doc}``; the only part truncated.
+        suffix: Tokenized once, never truncated; the score is read at its last token.
+        default_instruction: Task used when neither the request nor ``--instruction`` names one.
+    """
+
+    prefix: str
+    middle: str
+    suffix: str
+    default_instruction: str
+
+    def format_middle(self, instruction: str, query: str, doc: str) -> str:
+        """The part of the prompt that holds the request's texts."""
+        return self.middle.format(instruction=instruction, query=query, doc=doc)
+
+
+#: The Qwen3-Reranker prompt, from the model card.
+QWEN3_RERANKER_TEMPLATE = PairTemplate(
+    prefix=(
+        "<|im_start|>system\nJudge whether the Document meets the requirements based on the Query and the "
+        'Instruct provided. Note that the answer can only be "yes" or "no".<|im_end|>\n<|im_start|>user\n'
+    ),
+    middle="<Instruct>: {instruction}\n<Query>: {query}\n<Document>: {doc}",
+    suffix="<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n",
+    default_instruction=DEFAULT_RETRIEVAL_INSTRUCTION,
+)
+
+
+@dataclass(frozen=True)
+class RerankRecipe:
+    """How one model scores pairs.
+
+    Attributes:
+        name: Label shown in ``/info`` (``recipe``).
+        kind: ``decoder`` (last-token head on a decoder), ``cross-encoder`` (encoder pair classifier) or
+            ``bi-encoder`` (cosine of two embeddings).
+        scoring: Human-readable scoring rule shown in ``/info``.
+        activation: Applied to the raw score (``raw_scores`` requests skip it).
+        template: Prompt around the pair (decoders), else None.
+        head_token_ids: ``(no_id, yes_id)`` rows of the LM head for yes/no causal LMs, else None
+            (sequence-classification models use their ``score`` / classifier head).
+        num_labels: Outputs of a classification head (1 or 2).
+        padding_side: ``left`` for decoders (last column = last token), ``right`` for encoders.
+        embedding: The embedding recipe of a bi-encoder.
+    """
+
+    name: str
+    kind: RerankKind
+    scoring: str
+    activation: Activation = "sigmoid"
+    template: PairTemplate | None = None
+    head_token_ids: tuple[int, int] | None = None
+    num_labels: int = 1
+    padding_side: Literal["left", "right"] = "right"
+    embedding: EmbeddingRecipe | None = None
+
+    def default_instruction(self) -> str | None:
+        return self.template.default_instruction if self.template is not None else None
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+def single_token_id(tokenizer: Any, token: str) -> int | None:
+    """Id of ``token`` when the tokenizer has it as one token (``convert_tokens_to_ids`` == ``encode``)."""
+    token_id = tokenizer.convert_tokens_to_ids(token)
+    unk = getattr(tokenizer, "unk_token_id", None)
+    if token_id is None or (unk is not None and token_id == unk):
+        return None
+    encoded = tokenizer.encode(token, add_special_tokens=False)
+    if list(encoded) != [int(token_id)]:
+        return None
+    return int(token_id)
+
+
+def has_chatml_tokens(tokenizer: Any) -> bool:
+    return all(single_token_id(tokenizer, t) is not None for t in _CHATML_TOKENS)
+
+
+def _architectures(config: dict[str, Any]) -> list[str]:
+    return [str(a) for a in (config.get("architectures") or [])]
+
+
+def _module_types(modules: Any) -> list[str]:
+    return [str(m.get("type", "")) for m in modules if isinstance(m, dict)] if isinstance(modules, list) else []
+
+
+def _is_st_cross_encoder(config: dict[str, Any], st_config: Any, module_types: list[str]) -> bool:
+    if isinstance(st_config, dict) and str(st_config.get("model_type", "")) == "CrossEncoder":
+        return True
+    if any(t.endswith("LogitScore") for t in module_types):
+        return True
+    return "sentence_transformers" in config or "sbert_ce_default_activation_function" in config
+
+
+def _activation(config: dict[str, Any], st_config: Any, num_labels: int) -> Activation:
+    """The activation the model's config names, else sigmoid (1 label) as sentence-transformers does."""
+    path: Any = None
+    st_block = config.get("sentence_transformers")
+    if isinstance(st_block, dict):
+        path = st_block.get("activation_fn")
+    if path is None:
+        path = config.get("sbert_ce_default_activation_function")
+    if path is None and isinstance(st_config, dict):
+        path = st_config.get("activation_fn")
+    if path is None:
+        return "sigmoid"
+    name = str(path).rsplit(".", 1)[-1].lower()
+    if name in _ACTIVATIONS:
+        return _ACTIVATIONS[name]
+    logger.warning("activation %r is not supported; using sigmoid", path)
+    return "sigmoid"
+
+
+def _num_labels(config: dict[str, Any]) -> int:
+    if "num_labels" in config:
+        return int(config["num_labels"])
+    id2label = config.get("id2label")
+    return len(id2label) if isinstance(id2label, dict) and id2label else 1
+
+
+def _load_tokenizer(model_dir: Path) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(model_dir))
+
+
+def _yes_no_recipe(tokenizer: Any, source: str) -> RerankRecipe | None:
+    yes, no = single_token_id(tokenizer, "yes"), single_token_id(tokenizer, "no")
+    if yes is None or no is None or not has_chatml_tokens(tokenizer):
+        return None
+    return RerankRecipe(
+        name=f"qwen3-reranker yes/no ({source})",
+        kind="decoder",
+        scoring="sigmoid(logit_yes - logit_no) at the last token",
+        activation="sigmoid",
+        template=QWEN3_RERANKER_TEMPLATE,
+        head_token_ids=(no, yes),
+        padding_side="left",
+    )
+
+
+def _sequence_classification_recipe(
+    model_dir: Path, config: dict[str, Any], st_config: Any, tokenizer: Any | None
+) -> RerankRecipe:
+    num_labels = _num_labels(config)
+    if num_labels not in (1, 2):
+        raise ValueError(
+            f"{model_dir}: a sequence-classification reranker needs 1 or 2 labels; this one has {num_labels}"
+        )
+    activation = _activation(config, st_config, num_labels)
+    raw = "logit" if num_labels == 1 else "logit_1 - logit_0"
+    if str(config.get("model_type", "")) in _DECODER_MODEL_TYPES:
+        tokenizer = tokenizer if tokenizer is not None else _load_tokenizer(model_dir)
+        if not has_chatml_tokens(tokenizer):
+            raise ValueError(
+                f"{model_dir}: decoder sequence classifier without the ChatML tokens its reranker template needs"
+            )
+        return RerankRecipe(
+            name="qwen3-reranker template, sequence classification (seq-cls)",
+            kind="decoder",
+            scoring=f"{activation}({raw}) at the last token",
+            activation=activation,
+            template=QWEN3_RERANKER_TEMPLATE,
+            num_labels=num_labels,
+            padding_side="left",
+        )
+    return RerankRecipe(
+        name="cross-encoder (sequence classification)",
+        kind="cross-encoder",
+        scoring=f"{activation}({raw})",
+        activation=activation,
+        num_labels=num_labels,
+        padding_side="right",
+    )
+
+
+# ------------------------------------------------------------------------------------------------ resolve
+def resolve_rerank_recipe(model_dir: Path, tokenizer: Any | None = None) -> RerankRecipe:
+    """Read the model's files in ``model_dir`` (and its tokenizer) and return its rerank recipe.
+
+    Args:
+        model_dir: Local model directory.
+        tokenizer: The model's tokenizer if already loaded; loaded from ``model_dir`` only when a rule
+            needs the vocabulary.
+
+    Raises:
+        ValueError: the model matches no rule (see the module docstring).
+    """
+    raw_config = read_json(model_dir / "config.json")
+    config: dict[str, Any] = raw_config if isinstance(raw_config, dict) else {}
+    modules = read_json(model_dir / "modules.json")
+    st_config = read_json(model_dir / "config_sentence_transformers.json")
+    module_types = _module_types(modules)
+    archs = _architectures(config)
+    causal = any(a.endswith("ForCausalLM") for a in archs)
+    seq_cls = any(a.endswith("ForSequenceClassification") for a in archs)
+
+    if _is_st_cross_encoder(config, st_config, module_types):
+        if causal:
+            tokenizer = tokenizer if tokenizer is not None else _load_tokenizer(model_dir)
+            recipe = _yes_no_recipe(tokenizer, "sentence-transformers cross-encoder")
+            if recipe is None:
+                raise ValueError(f"{model_dir}: causal-LM cross-encoder without single 'yes'/'no' tokens")
+            return recipe
+        return _sequence_classification_recipe(model_dir, config, st_config, tokenizer)
+
+    if any(t.endswith("Pooling") for t in module_types):
+        return RerankRecipe(
+            name="bi-encoder (sentence-transformers)",
+            kind="bi-encoder",
+            scoring="cosine (bi-encoder)",
+            activation="identity",
+            embedding=resolve_embedding_recipe(model_dir),
+        )
+
+    if causal:
+        tokenizer = tokenizer if tokenizer is not None else _load_tokenizer(model_dir)
+        recipe = _yes_no_recipe(tokenizer, "causal LM")
+        if recipe is not None:
+            return recipe
+        raise ValueError(
+            f"{model_dir}: a causal LM ({', '.join(archs)}) can rerank only when its tokenizer has single "
+            "'yes'/'no' tokens and the ChatML tokens of the Qwen3-Reranker template"
+        )
+
+    if seq_cls:
+        return _sequence_classification_recipe(model_dir, config, st_config, tokenizer)
+
+    raise ValueError(
+        f"{model_dir}: cannot serve this model as a reranker (architectures {archs or 'unknown'}, no "
+        "sentence-transformers files); use a Qwen3-Reranker-style causal LM, a cross-encoder, or a "
+        "sentence-transformers embedding model"
+    )

@@ -1,0 +1,92 @@
+"""Rerank routes: ``/rerank`` (native, or TEI when ``texts`` is sent), ``/v1|v2/rerank`` (Cohere/Jina),
+``/score`` and ``/v1/score`` (vLLM)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+from fastapi import APIRouter, Request
+
+from rag_plugins.protocol import CohereRerankRequest, DocInput, RerankRequest, ScoreRequest
+from servers.errors import UnsupportedOperationError
+from servers.responses import FastJSONResponse
+from servers.routes.context import engine_of, unless_disconnected
+
+router = APIRouter()
+
+
+def doc_texts(documents: Sequence[str | DocInput]) -> list[str]:
+    """Documents as texts; image documents need a multimodal reranker, which this server is not."""
+    texts: list[str] = []
+    for i, doc in enumerate(documents):
+        if isinstance(doc, str):
+            texts.append(doc)
+        elif doc.image is not None:
+            raise UnsupportedOperationError(f"document {i} has an image; this reranker scores text only")
+        else:
+            texts.append(doc.text or "")
+    return texts
+
+
+@router.post("/rerank", response_model=None)
+async def rerank(body: RerankRequest, request: Request) -> FastJSONResponse:
+    engine = engine_of(request)
+    docs = doc_texts(body.documents())
+    result = await unless_disconnected(
+        request,
+        engine.rerank(body.query, docs, instruction=body.instruction, top_n=body.top_n, truncate=body.truncate),
+    )
+    if body.is_tei:  # TEI shape: every document (or top_n), best first
+        scores = result.raw_scores if body.raw_scores else result.scores
+        return FastJSONResponse(
+            [
+                {"index": i, "score": float(scores[i]), **({"text": docs[i]} if body.return_text else {})}
+                for i in result.order
+            ]
+        )
+    usage = {"prompt_tokens": result.prompt_tokens, "total_tokens": result.prompt_tokens}
+    return FastJSONResponse(
+        {"scores": result.scores, "order": result.order, "model": engine.settings.model_name, "usage": usage}
+    )
+
+
+@router.post("/v1/rerank")
+@router.post("/v2/rerank")
+async def cohere_rerank(body: CohereRerankRequest, request: Request) -> FastJSONResponse:
+    engine = engine_of(request)
+    docs = doc_texts(body.documents)
+    result = await unless_disconnected(
+        request, engine.rerank(body.query, docs, instruction=body.instruction, top_n=body.top_n)
+    )
+    results: list[dict[str, Any]] = [
+        {"index": i, "relevance_score": float(result.scores[i]), **({"document": {"text": docs[i]}} if body.return_documents else {})}
+        for i in result.order
+    ]
+    return FastJSONResponse(
+        {
+            "id": f"rerank-{uuid.uuid4().hex}",
+            "model": engine.settings.model_name,
+            "results": results,
+            "usage": {"total_tokens": result.prompt_tokens, "prompt_tokens": result.prompt_tokens},
+        }
+    )
+
+
+@router.post("/score")
+@router.post("/v1/score")
+async def score(body: ScoreRequest, request: Request) -> FastJSONResponse:
+    engine = engine_of(request)
+    result = await unless_disconnected(request, engine.score(body.pairs(), instruction=body.instruction))
+    return FastJSONResponse(
+        {
+            "id": f"score-{uuid.uuid4().hex}",
+            "object": "list",
+            "created": int(time.time()),
+            "model": engine.settings.model_name,
+            "data": [{"index": i, "object": "score", "score": float(s)} for i, s in enumerate(result.scores)],
+            "usage": {"prompt_tokens": result.prompt_tokens, "total_tokens": result.prompt_tokens},
+        }
+    )
