@@ -28,7 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Generic, Literal, Protocol, TypeVar
 
-from servers.errors import QueueFullError, ServingError
+from servers.errors import QueueFullError, RequestTooLargeError, ServingError
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +51,9 @@ class BatchLimits:
     max_wait_ms: float = 2.0
     max_queue_items: int = 100_000
     retry_after_s: int = 1
+    #: Workers (and model threads) of the bulk lane; with 2, one batch is prepared and launched while the
+    #: accelerator still runs the other, which hides the host work between batches.
+    bulk_workers: int = 1
 
 
 class BatchObserver(Protocol):
@@ -104,12 +107,21 @@ class _Item(Generic[P, R]):
 
 
 @dataclass
+class _Launched(Generic[P, R]):
+    """A bulk batch whose work is queued on the device; ``collect()`` waits for its results."""
+
+    batch: list[_Item[P, R]]
+    collect: Callable[[], Sequence[R]]
+    started: float
+
+
+@dataclass
 class _LaneState(Generic[P, R]):
     name: Lane
     queue: deque[_Item[P, R]] = field(default_factory=deque)
     wakeup: asyncio.Event = field(default_factory=asyncio.Event)
     executor: ThreadPoolExecutor | None = None
-    task: asyncio.Task[None] | None = None
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
 
 class TokenBudgetScheduler(Generic[P, R]):
@@ -129,6 +141,7 @@ class TokenBudgetScheduler(Generic[P, R]):
         observer: BatchObserver | None = None,
     ) -> None:
         self._run_batch = run_batch
+        self._launch_batch: Callable[[list[P], Lane], Callable[[], Sequence[R]]] | None = None
         self.limits = limits
         self._observer: BatchObserver = observer or NullObserver()
         self._lanes: dict[Lane, _LaneState[P, R]] = {}
@@ -138,25 +151,39 @@ class TokenBudgetScheduler(Generic[P, R]):
         self._running = False
 
     # ---------------------------------------------------------------------------------------------- control
+    def enable_pipelining(self, launch_batch: Callable[[list[P], Lane], Callable[[], Sequence[R]]] | None) -> None:
+        """Let the bulk lane keep one batch in flight while it launches the next.
+
+        ``launch_batch(payloads, lane)`` queues a batch's work on the accelerator and returns a function
+        that waits for and returns its results. The bulk worker launches batch k+1 before it collects batch
+        k, so the device never idles while the host picks, pads and launches the next batch. Only worth it
+        on an asynchronous device (CUDA); on CPU it would only delay answers by one batch. The priority
+        lane never pipelines: it answers as soon as its batch is done.
+        """
+        self._launch_batch = launch_batch
+
     async def start(self) -> None:
-        """Start one worker task (and one model thread) per lane. Idempotent."""
+        """Start the worker tasks (one model thread each) of every lane. Idempotent."""
         if self._running:
             return
         self._running = True
         for lane in LANES:
+            workers = max(1, self.limits.bulk_workers) if lane == "bulk" else 1
             state: _LaneState[P, R] = _LaneState(name=lane)
-            state.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"model-{lane}")
-            state.task = asyncio.create_task(self._worker(state), name=f"scheduler-{lane}")
+            state.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"model-{lane}")
+            state.tasks = [
+                asyncio.create_task(self._worker(state), name=f"scheduler-{lane}-{i}") for i in range(workers)
+            ]
             self._lanes[lane] = state
 
     async def stop(self) -> None:
         """Stop the workers; requests still queued fail with a 503-style error."""
         self._running = False
         for state in self._lanes.values():
-            if state.task is not None:
-                state.task.cancel()
+            for task in state.tasks:
+                task.cancel()
                 try:
-                    await state.task
+                    await task
                 except asyncio.CancelledError:
                     pass
             for item in state.queue:
@@ -190,6 +217,7 @@ class TokenBudgetScheduler(Generic[P, R]):
 
         Raises:
             QueueFullError: the queue cannot take ``len(payloads)`` more items now; nothing was queued.
+            RequestTooLargeError: the request has more items than the whole queue holds (413, not 429).
         """
         if not self._running:
             raise ServingError("scheduler is not running")
@@ -198,6 +226,12 @@ class TokenBudgetScheduler(Generic[P, R]):
         n = len(payloads)
         if n == 0:
             return []
+        if n > self.limits.max_queue_items:
+            # It would never fit: a 429 would only make the client retry until it gives up.
+            raise RequestTooLargeError(
+                f"{n} items in one request; this server queues at most {self.limits.max_queue_items} "
+                "(--max-queue-items): split the request"
+            )
         if self._queued_items + n > self.limits.max_queue_items:
             raise QueueFullError(
                 f"server queue is full ({self._queued_items} items waiting, limit "
@@ -219,22 +253,71 @@ class TokenBudgetScheduler(Generic[P, R]):
     # --------------------------------------------------------------------------------------------- worker
     async def _worker(self, state: _LaneState[P, R]) -> None:
         loop = asyncio.get_running_loop()
-        while self._running:
-            if not state.queue:
-                state.wakeup.clear()
-                await state.wakeup.wait()
-                continue
-            if not self._batch_is_full(state) and self.limits.max_wait_ms > 0:
-                # Give concurrent requests a moment to join a part-full batch.
-                state.wakeup.clear()
-                try:
-                    await asyncio.wait_for(state.wakeup.wait(), timeout=self.limits.max_wait_ms / 1000)
-                except asyncio.TimeoutError:
-                    pass
-            batch = self._take_batch(state)
-            if not batch:
-                continue
+        launch = self._launch_batch if state.name == "bulk" else None
+        in_flight: _Launched[P, R] | None = None
+        try:
+            while self._running:
+                if not state.queue:
+                    if in_flight is not None:
+                        await self._collect(state, in_flight, loop)
+                        in_flight = None
+                        continue
+                    state.wakeup.clear()
+                    await state.wakeup.wait()
+                    continue
+                if in_flight is None and not self._batch_is_full(state) and self.limits.max_wait_ms > 0:
+                    # Give concurrent requests a moment to join a part-full batch.
+                    state.wakeup.clear()
+                    try:
+                        await asyncio.wait_for(state.wakeup.wait(), timeout=self.limits.max_wait_ms / 1000)
+                    except asyncio.TimeoutError:
+                        pass
+                batch = self._take_batch(state)
+                if not batch:
+                    continue
+                if launch is None:
+                    await self._run(state, batch, loop)
+                    continue
+                launched = await self._launch(state, batch, launch, loop)
+                if in_flight is not None:
+                    await self._collect(state, in_flight, loop)
+                in_flight = launched
+        finally:
+            if in_flight is not None:
+                for item in in_flight.batch:
+                    if item.request.live:
+                        item.request.future.set_exception(ServingError("server is shutting down"))
+
+    async def _launch(
+        self,
+        state: _LaneState[P, R],
+        batch: list[_Item[P, R]],
+        launch: Callable[[list[P], Lane], Callable[[], Sequence[R]]],
+        loop: asyncio.AbstractEventLoop,
+    ) -> _Launched[P, R] | None:
+        started = time.perf_counter()
+        try:
+            collect = await loop.run_in_executor(state.executor, launch, [it.payload for it in batch], state.name)
+        except Exception as exc:
+            logger.warning("launching a batch of %d failed (%s); running it synchronously", len(batch),
+                           type(exc).__name__)
             await self._run(state, batch, loop)
+            return None
+        return _Launched(batch, collect, started)
+
+    async def _collect(
+        self, state: _LaneState[P, R], launched: _Launched[P, R] | None, loop: asyncio.AbstractEventLoop
+    ) -> None:
+        if launched is None:
+            return
+        try:
+            results = await loop.run_in_executor(state.executor, launched.collect)
+        except Exception as exc:
+            logger.warning("a pipelined batch of %d failed (%s); re-running it synchronously",
+                           len(launched.batch), type(exc).__name__)
+            await self._run(state, launched.batch, loop)
+            return
+        self._deliver(state, launched.batch, results, time.perf_counter() - launched.started)
 
     def _batch_is_full(self, state: _LaneState[P, R]) -> bool:
         if len(state.queue) >= self.limits.max_batch_size:
@@ -317,7 +400,12 @@ class TokenBudgetScheduler(Generic[P, R]):
                     BatchFailedError("the model failed on this input; see the server log")
                 )
             return
-        elapsed = time.perf_counter() - started
+        self._deliver(state, batch, results, time.perf_counter() - started)
+
+    def _deliver(
+        self, state: _LaneState[P, R], batch: list[_Item[P, R]], results: Sequence[R], elapsed: float
+    ) -> None:
+        """Record the batch's statistics and hand each result to its request (complete ones resolve)."""
         tokens = sum(item.tokens for item in batch)
         padded = len(batch) * max(item.tokens for item in batch)
         if elapsed > 0:

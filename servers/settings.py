@@ -38,6 +38,8 @@ class ServerSettings:
     max_queue_items: int = 100_000
     max_client_batch: int = 2048
     max_body_bytes: int = 32 * 1024 * 1024
+    bulk_workers: int = 1
+    last_token_padding: str = "right"
     priority_max_items: int = 8
     priority_max_tokens: int = 4096
     tokenizer_threads: int = 2
@@ -46,6 +48,14 @@ class ServerSettings:
     instruction: str | None = None
     log_level: str = "info"
     warmup: bool = True
+    # Multimodal embedding server (mm-embed): image sources, image checks, model pixel range.
+    image_root: tuple[str, ...] = ()
+    allow_url_images: bool = False
+    max_image_bytes: int = 20 * 1024 * 1024
+    max_image_pixels: int = 50_000_000
+    url_timeout_s: float = 10.0
+    min_pixels: int = 256 * 28 * 28
+    max_pixels: int = 1280 * 28 * 28
 
     def __post_init__(self) -> None:
         problems = []
@@ -54,6 +64,17 @@ class ServerSettings:
         for name in ("max_length", "max_batch_tokens", "max_batch_size", "max_queue_items", "max_client_batch"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1")
+        if self.bulk_workers < 1:
+            problems.append("bulk_workers must be >= 1")
+        if self.last_token_padding not in ("left", "right"):
+            problems.append("last_token_padding must be 'left' or 'right'")
+        for name in ("max_image_bytes", "max_image_pixels", "min_pixels", "max_pixels"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be >= 1")
+        if self.min_pixels > self.max_pixels:
+            problems.append("min_pixels must be <= max_pixels")
+        if self.url_timeout_s <= 0:
+            problems.append("url_timeout_s must be > 0")
         if self.max_wait_ms < 0:
             problems.append("max_wait_ms must be >= 0")
         if problems:

@@ -20,6 +20,7 @@ import torch
 from servers.backends.device import Placement
 from servers.backends.text_embedding import TextEmbeddingBackend, load_text_embedder
 from servers.backends.torch_runtime import (
+    HostResult,
     LaneStreams,
     ThreadLocalTokenizer,
     last_token_index,
@@ -124,7 +125,7 @@ class DecoderPairScorer:
         self._truncate_left = getattr(tokenizer, "truncation_side", "right") == "left"
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.pad_token_id = int(pad) if pad is not None else 0
-        self._streams = LaneStreams(placement)
+        self._streams = LaneStreams(placement, self.model)
 
     def tokenize_pairs(self, pairs: list[tuple[str, str]], instruction: str) -> list[EncodedInput]:
         """Format and tokenize pairs; only the middle part is truncated (prefix/suffix always whole)."""
@@ -140,9 +141,13 @@ class DecoderPairScorer:
             out.append(EncodedInput([*self.prefix_ids, *middle, *self.suffix_ids], None, original))
         return out
 
-    @torch.inference_mode()
     def forward(self, batch: list[EncodedInput], lane: str) -> np.ndarray:
         """Raw scores of a batch. Returns float32 (n,)."""
+        return self.launch(batch, lane).result()
+
+    @torch.inference_mode()
+    def launch(self, batch: list[EncodedInput], lane: str) -> HostResult:
+        """Queue a batch's forward on the device (see :meth:`forward`)."""
         with self._streams.use(lane):
             ids, mask = pad_batch([b.ids for b in batch], self.pad_token_id, "left", self.placement.device)
             out = self.model(
@@ -154,7 +159,7 @@ class DecoderPairScorer:
             logits = last @ self.head_weight.T
             if self.head_bias is not None:
                 logits = logits + self.head_bias
-            return raw_from_logits(logits).cpu().numpy()
+            return HostResult(raw_from_logits(logits))
 
 
 class CrossEncoderPairScorer:
@@ -174,7 +179,7 @@ class CrossEncoderPairScorer:
         self.max_length = _model_max_length(self.model.config, tokenizer, max_length)
         self.pad_token_id = int(tokenizer.pad_token_id or 0)
         self._wants_token_types = "token_type_ids" in getattr(tokenizer, "model_input_names", [])
-        self._streams = LaneStreams(placement)
+        self._streams = LaneStreams(placement, self.model)
 
     def tokenize_pairs(self, pairs: list[tuple[str, str]], instruction: str | None = None) -> list[EncodedInput]:
         """Tokenize (query, document) pairs; ``instruction`` is ignored (cross-encoders take none)."""
@@ -192,9 +197,13 @@ class CrossEncoderPairScorer:
                 out.append(EncodedInput(list(ids), list(types) if types is not None else None, len(ids)))
         return out
 
-    @torch.inference_mode()
     def forward(self, batch: list[EncodedInput], lane: str) -> np.ndarray:
         """Raw scores of a batch. Returns float32 (n,)."""
+        return self.launch(batch, lane).result()
+
+    @torch.inference_mode()
+    def launch(self, batch: list[EncodedInput], lane: str) -> HostResult:
+        """Queue a batch's forward on the device (see :meth:`forward`)."""
         with self._streams.use(lane):
             ids, mask = pad_batch([b.ids for b in batch], self.pad_token_id, "right", self.placement.device)
             features: dict[str, torch.Tensor] = {"input_ids": ids, "attention_mask": mask}
@@ -202,7 +211,7 @@ class CrossEncoderPairScorer:
                 types = [b.type_ids if b.type_ids is not None else [0] * len(b.ids) for b in batch]
                 features["token_type_ids"], _ = pad_batch(types, 0, "right", self.placement.device)
             logits = self.model(**features).logits
-            return raw_from_logits(logits).cpu().numpy()
+            return HostResult(raw_from_logits(logits))
 
 
 class BiEncoderScorer:
@@ -223,6 +232,10 @@ class BiEncoderScorer:
     def forward(self, batch: list[EncodedInput], lane: str) -> np.ndarray:
         """Embeddings of a batch. Returns float32 (n, dim), not normalised."""
         return self.embedder.forward([b.ids for b in batch], lane)
+
+    def launch(self, batch: list[EncodedInput], lane: str) -> HostResult:
+        """Queue a batch's forward on the device (see :meth:`forward`)."""
+        return self.embedder.launch([b.ids for b in batch], lane)
 
 
 PairScorer = DecoderPairScorer | CrossEncoderPairScorer

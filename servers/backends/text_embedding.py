@@ -12,6 +12,7 @@ import torch
 
 from servers.backends.device import Placement
 from servers.backends.torch_runtime import (
+    HostResult,
     LaneStreams,
     ThreadLocalTokenizer,
     last_token_index,
@@ -51,16 +52,30 @@ class TextEmbeddingBackend(Protocol):
 
     def forward(self, batch: list[list[int]], lane: str) -> np.ndarray: ...
 
+    def launch(self, batch: list[list[int]], lane: str) -> HostResult: ...
+
 
 class LastTokenEmbedder:
-    """Decoder embedder (Qwen3-Embedding recipe): EOS-terminated input, left padding, last real token.
+    """Decoder embedder (Qwen3-Embedding recipe): EOS-terminated input, hidden state of the last real token.
 
     The pooled vector is returned un-normalised in float32; the engine normalises and applies Matryoshka.
+
+    ``padding="right"`` (default) pads each batch on the right and runs the model with no attention mask:
+    in a causal decoder a real token only attends to the tokens before it, which are all real, so every
+    real token's hidden state is the one the model computes for that text alone (the model card's left
+    padding + mask gives the same numbers). Without a mask SDPA takes its fused causal kernel (about 10%
+    faster on an H100 than the masked kernel) and no 4-D mask is built. Models whose attention is not
+    causal fall back to ``"left"``: left padding, the padding mask and position ids from it.
     """
 
-    def __init__(self, model_dir: Path, recipe: EmbeddingRecipe, placement: Placement, max_length: int) -> None:
+    def __init__(
+        self, model_dir: Path, recipe: EmbeddingRecipe, placement: Placement, max_length: int,
+        padding: str = "right",
+    ) -> None:
         from transformers import AutoModel, AutoTokenizer
 
+        if padding not in ("left", "right"):
+            raise ValueError(f"padding must be 'left' or 'right', not {padding!r}")
         self.recipe = recipe
         self.placement = placement
         tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
@@ -76,7 +91,9 @@ class LastTokenEmbedder:
         self.eos_token_id: int | None = int(eos) if eos is not None else None
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_token_id
         self.pad_token_id = int(pad) if pad is not None else 0
-        self._streams = LaneStreams(placement)
+        causal = all(bool(m.is_causal) for m in self.model.modules() if isinstance(getattr(m, "is_causal", None), bool))
+        self.padding = padding if causal else "left"
+        self._streams = LaneStreams(placement, self.model)
 
     def _terminate(self, ids: list[int]) -> list[int]:
         if self.eos_token_id is not None and (not ids or ids[-1] != self.eos_token_id):
@@ -100,18 +117,26 @@ class LastTokenEmbedder:
         encoded = self._tokenizer.get()(texts, add_special_tokens=True)["input_ids"]
         return [self.prepare_ids(ids) for ids in encoded]
 
-    @torch.inference_mode()
     def forward(self, batch: list[list[int]], lane: str) -> np.ndarray:
         """Embed a batch. Returns float32 (n, dim), not normalised."""
+        return self.launch(batch, lane).result()
+
+    @torch.inference_mode()
+    def launch(self, batch: list[list[int]], lane: str) -> HostResult:
+        """Queue a batch's forward on the device; the result holds the float32 (n, dim) pooled vectors."""
         with self._streams.use(lane):
-            ids, mask = pad_batch(batch, self.pad_token_id, "left", self.placement.device)
-            out = self.model(
-                input_ids=ids, attention_mask=mask, position_ids=positions_from_mask(mask), use_cache=False
-            )
+            ids, mask = pad_batch(batch, self.pad_token_id, self.padding, self.placement.device)
+            if self.padding == "right":
+                # Causal attention never looks right, so the pads after a text cannot change it: no mask.
+                out = self.model(input_ids=ids, use_cache=False)
+            else:
+                out = self.model(
+                    input_ids=ids, attention_mask=mask, position_ids=positions_from_mask(mask), use_cache=False
+                )
             hidden = out.last_hidden_state
             rows = torch.arange(hidden.shape[0], device=hidden.device)
             pooled = hidden[rows, last_token_index(mask)].float()
-            return pooled.cpu().numpy()
+            return HostResult(pooled)
 
 
 class SentenceTransformerEmbedder:
@@ -137,7 +162,7 @@ class SentenceTransformerEmbedder:
         self.padding_side = str(getattr(tokenizer, "padding_side", "right") or "right")
         self._wants_token_types = "token_type_ids" in getattr(tokenizer, "model_input_names", [])
         self._modules = [m for m in self.model if type(m).__name__ != "Normalize"]
-        self._streams = LaneStreams(placement)
+        self._streams = LaneStreams(placement, self.model)
 
     def prepare_ids(self, ids: list[int]) -> TokenizedText:
         ids = list(ids)
@@ -159,9 +184,13 @@ class SentenceTransformerEmbedder:
                 out.append(TokenizedText(ids=list(cut), original_length=len(ids)))
         return out
 
-    @torch.inference_mode()
     def forward(self, batch: list[list[int]], lane: str) -> np.ndarray:
         """Embed a batch. Returns float32 (n, dim), before the model's Normalize module."""
+        return self.launch(batch, lane).result()
+
+    @torch.inference_mode()
+    def launch(self, batch: list[list[int]], lane: str) -> HostResult:
+        """Queue a batch's forward on the device (see :meth:`forward`)."""
         with self._streams.use(lane):
             ids, mask = pad_batch(batch, self.pad_token_id, self.padding_side, self.placement.device)
             features: dict[str, Any] = {"input_ids": ids, "attention_mask": mask}
@@ -169,13 +198,13 @@ class SentenceTransformerEmbedder:
                 features["token_type_ids"] = torch.zeros_like(ids)
             for module in self._modules:
                 features = module(features)
-            return features["sentence_embedding"].float().cpu().numpy()
+            return HostResult(features["sentence_embedding"].float())
 
 
 def load_text_embedder(
-    model_dir: Path, recipe: EmbeddingRecipe, placement: Placement, max_length: int
+    model_dir: Path, recipe: EmbeddingRecipe, placement: Placement, max_length: int, padding: str = "right"
 ) -> TextEmbeddingBackend:
-    """Instantiate the backend the recipe calls for."""
+    """Instantiate the backend the recipe calls for (``padding``: see :class:`LastTokenEmbedder`)."""
     if recipe.pooling == "lasttoken":
-        return LastTokenEmbedder(model_dir, recipe, placement, max_length)
+        return LastTokenEmbedder(model_dir, recipe, placement, max_length, padding)
     return SentenceTransformerEmbedder(model_dir, recipe, placement, max_length)

@@ -8,6 +8,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 
 from servers.backends.device import Placement
@@ -32,14 +33,79 @@ class ThreadLocalTokenizer:
         return tok
 
 
-class LaneStreams:
-    """A CUDA stream per scheduler lane; the priority lane's stream has the higher scheduling priority.
+class PriorityGate:
+    """Keeps the bulk lane from launching work while a priority-lane forward runs.
 
-    On CPU every context is a no-op.
+    The two lanes run in two threads over one model. Left alone, the bulk thread keeps launching kernels
+    and holding the GIL, and a query's forward (hundreds of small launches) waits behind it. Every decoder
+    layer of the model gets a pre-hook that, in a bulk thread, waits here while a priority forward is in
+    flight, so a query pays for at most the bulk layers already queued on the device.
     """
 
-    def __init__(self, placement: Placement) -> None:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._active = 0
+        self._idle = threading.Event()
+        self._idle.set()
+        self._local = threading.local()
+
+    @contextlib.contextmanager
+    def lane(self, lane: str) -> Iterator[None]:
+        """Mark the calling thread's forward as ``priority`` (blocks bulk layers) or ``bulk`` (yields)."""
+        if lane != "priority":
+            self._local.bulk = True
+            try:
+                yield
+            finally:
+                self._local.bulk = False
+            return
+        with self._lock:
+            self._active += 1
+            self._idle.clear()
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._active -= 1
+                if self._active == 0:
+                    self._idle.set()
+
+    def checkpoint(self, *_: Any) -> None:
+        """Layer pre-hook: a bulk thread waits here while a priority forward runs."""
+        if getattr(self._local, "bulk", False) and not self._idle.is_set():
+            self._idle.wait()
+
+    def watch(self, model: Any) -> int:
+        """Install :meth:`checkpoint` before every block of the model's longest layer stack.
+
+        Returns:
+            Number of hooked layers (0 when the model has no ``ModuleList`` of layers).
+        """
+        stacks = [m for m in model.modules() if isinstance(m, torch.nn.ModuleList) and len(m) > 1]
+        if not stacks:
+            return 0
+        layers = max(stacks, key=len)
+        for layer in layers:
+            layer.register_forward_pre_hook(self.checkpoint)
+        return len(layers)
+
+
+class LaneStreams:
+    """Per-lane execution context: a CUDA stream per scheduler lane, and the :class:`PriorityGate`.
+
+    The priority lane's stream has the higher scheduling priority, so its kernels overtake queued bulk
+    kernels on the GPU. On CPU there are no streams; the gate still applies.
+
+    Args:
+        placement: Where the model runs.
+        model: The torch module whose layers get the gate's checkpoints (None: no gating).
+    """
+
+    def __init__(self, placement: Placement, model: Any | None = None) -> None:
         self._streams: dict[str, Any] = {}
+        self.gate = PriorityGate()
+        if model is not None:
+            self.gate.watch(model)
         if placement.device.type == "cuda":
             with torch.cuda.device(placement.device):
                 low, high = torch.cuda.Stream.priority_range()  # type: ignore[call-arg]
@@ -50,12 +116,37 @@ class LaneStreams:
 
     @contextlib.contextmanager
     def use(self, lane: str) -> Iterator[None]:
-        stream = self._streams.get(lane)
-        if stream is None:
-            yield
-            return
-        with torch.cuda.stream(stream):
-            yield
+        stream = self._streams.get(lane if lane == "priority" else "bulk")
+        with self.gate.lane(lane):
+            if stream is None:
+                yield
+                return
+            with torch.cuda.stream(stream):
+                yield
+
+
+class HostResult:
+    """A device tensor being copied to host memory; :meth:`result` waits for the copy only.
+
+    Created inside the lane's stream context, so the copy and its event are ordered after the forward on
+    that stream: the caller can launch the next batch before it waits for this one.
+    """
+
+    def __init__(self, tensor: torch.Tensor) -> None:
+        self._event: Any = None
+        if tensor.is_cuda:
+            self._host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+            self._host.copy_(tensor, non_blocking=True)
+            self._event = torch.cuda.Event()
+            self._event.record()
+        else:
+            self._host = tensor.detach()
+
+    def result(self) -> np.ndarray:
+        """The tensor as a numpy array (blocks until the device has produced and copied it)."""
+        if self._event is not None:
+            self._event.synchronize()
+        return self._host.numpy()
 
 
 def pad_batch(

@@ -53,10 +53,12 @@ class EngineBase(Generic[P, R]):
                 max_wait_ms=settings.max_wait_ms,
                 max_queue_items=settings.max_queue_items,
                 retry_after_s=settings.retry_after_s,
+                bulk_workers=settings.bulk_workers,
             ),
             observer=self.metrics,
         )
         self._tokenize_pool: ThreadPoolExecutor | None = None
+        self._priority_pool: ThreadPoolExecutor | None = None
         self.ready = False
 
     # ------------------------------------------------------------------------------------------ lifecycle
@@ -65,6 +67,11 @@ class EngineBase(Generic[P, R]):
         self._tokenize_pool = ThreadPoolExecutor(
             max_workers=max(1, self.settings.tokenizer_threads), thread_name_prefix="tokenize"
         )
+        # Small requests get their own preparation thread so a query is never queued behind the
+        # tokenization of bulk requests.
+        self._priority_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize-priority")
+        if self._pipelines():
+            self.scheduler.enable_pipelining(self._launch_batch)
         await self.scheduler.start()
         if self.settings.warmup:
             started = time.perf_counter()
@@ -78,6 +85,9 @@ class EngineBase(Generic[P, R]):
         if self._tokenize_pool is not None:
             self._tokenize_pool.shutdown(wait=True)
             self._tokenize_pool = None
+        if self._priority_pool is not None:
+            self._priority_pool.shutdown(wait=True)
+            self._priority_pool = None
 
     async def __aenter__(self: T) -> T:
         await self.start()  # type: ignore[attr-defined]
@@ -89,6 +99,22 @@ class EngineBase(Generic[P, R]):
     # ------------------------------------------------------------------------------------------- helpers
     def _run_batch(self, payloads: list[P], lane: Lane) -> Sequence[R]:
         raise NotImplementedError
+
+    def _launch_batch(self, payloads: list[P], lane: Lane) -> Callable[[], Sequence[R]]:
+        """Queue a batch on the device and return a function that collects its results.
+
+        The default runs the batch at once; engines on asynchronous devices override it.
+        """
+        results = self._run_batch(payloads, lane)
+        return lambda: results
+
+    def _pipelines(self) -> bool:
+        """Whether the bulk lane should keep a batch in flight (engines on CUDA backends)."""
+        if type(self)._launch_batch is EngineBase._launch_batch:
+            return False  # the default launch runs synchronously: pipelining would only delay answers
+        backend = getattr(self, "backend", None)
+        placement = getattr(backend, "placement", None)
+        return placement is not None and placement.device.type == "cuda"
 
     async def _warmup(self) -> None:
         raise NotImplementedError
@@ -111,11 +137,17 @@ class EngineBase(Generic[P, R]):
         return n_items <= self.settings.priority_max_items and n_tokens <= self.settings.priority_max_tokens
 
     async def _off_loop(self, fn: Callable[..., T], *args: Any, stage: str = "tokenize") -> T:
-        """Run CPU work (tokenization, image decoding) on the tokenizer pool, timed as ``stage``."""
+        """Run CPU work (tokenization, image decoding) on the tokenizer pool, timed as ``stage``.
+
+        ``args[0]`` is the request's list of items; a request small enough for the priority lane is
+        prepared on the priority thread.
+        """
         self._check_ready()
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
-        result = await loop.run_in_executor(self._tokenize_pool, fn, *args)
+        small = bool(args) and isinstance(args[0], list) and len(args[0]) <= self.settings.priority_max_items
+        pool = self._priority_pool if small else self._tokenize_pool
+        result = await loop.run_in_executor(pool, fn, *args)
         self.metrics.stage_seconds.labels(stage).observe(time.perf_counter() - started)
         return result
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -87,7 +87,7 @@ class EmbeddingEngine(EngineBase[list[int], np.ndarray]):
             "loading %s (recipe %s) on %s as %s, attention %s",
             settings.model, recipe.name, placement.device, placement.dtype_name, placement.attention,
         )
-        backend = load_text_embedder(model_dir, recipe, placement, settings.max_length)
+        backend = load_text_embedder(model_dir, recipe, placement, settings.max_length, settings.last_token_padding)
         check_fits_batch(backend.max_length, settings)
         return cls(backend, settings, metrics)
 
@@ -189,6 +189,10 @@ class EmbeddingEngine(EngineBase[list[int], np.ndarray]):
     def _run_batch(self, payloads: list[list[int]], lane: Lane) -> list[np.ndarray]:
         pooled = self.backend.forward(payloads, lane)
         return list(pooled)
+
+    def _launch_batch(self, payloads: list[list[int]], lane: Lane) -> Callable[[], list[np.ndarray]]:
+        pending = self.backend.launch(payloads, lane)
+        return lambda: list(pending.result())
 
     async def _warmup(self) -> None:
         await self.embed(["warm-up"], input_type="query")

@@ -8,7 +8,7 @@ share batches. Scores do not depend on batch composition (see ``servers.backends
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -217,6 +217,10 @@ class RerankEngine(EngineBase[EncodedInput, Any]):
 
     def _run_batch(self, payloads: list[EncodedInput], lane: Lane) -> list[Any]:
         return list(self.backend.forward(payloads, lane))
+
+    def _launch_batch(self, payloads: list[EncodedInput], lane: Lane) -> Callable[[], list[Any]]:
+        pending = self.backend.launch(payloads, lane)
+        return lambda: list(pending.result())
 
     async def _warmup(self) -> None:
         await self.rerank("warm-up", ["warm-up"])

@@ -302,3 +302,63 @@ async def test_submit_requires_running_scheduler_and_matching_costs() -> None:
         assert await sched.submit([], []) == []
     finally:
         await sched.stop()
+
+
+async def test_pipelined_bulk_lane_launches_next_batch_before_collecting_and_keeps_results() -> None:
+    """With pipelining the bulk worker launches batch k+1 before it collects batch k; answers stay exact."""
+    from servers.scheduler import BatchLimits, TokenBudgetScheduler
+
+    events: list[str] = []
+
+    def run_batch(payloads: list[int], lane: str) -> list[int]:
+        return [p * 10 for p in payloads]
+
+    def launch(payloads: list[int], lane: str):  # type: ignore[no-untyped-def]
+        events.append(f"launch{payloads}")
+
+        def collect() -> list[int]:
+            events.append(f"collect{payloads}")
+            return [p * 10 for p in payloads]
+
+        return collect
+
+    scheduler: TokenBudgetScheduler[int, int] = TokenBudgetScheduler(
+        run_batch, BatchLimits(max_batch_tokens=4, max_batch_size=2, max_wait_ms=0)
+    )
+    scheduler.enable_pipelining(launch)
+    await scheduler.start()
+    try:
+        results = await scheduler.submit([1, 2, 3, 4, 5, 6], [1, 1, 1, 1, 1, 1], priority=False)
+    finally:
+        await scheduler.stop()
+    assert results == [10, 20, 30, 40, 50, 60]
+    launches = [i for i, e in enumerate(events) if e.startswith("launch")]
+    collects = [i for i, e in enumerate(events) if e.startswith("collect")]
+    assert len(launches) == 3
+    assert len(collects) == 3
+    # The second batch is launched before the first is collected.
+    assert launches[1] < collects[0]
+
+
+async def test_priority_lane_is_never_pipelined() -> None:
+    from servers.scheduler import BatchLimits, TokenBudgetScheduler
+
+    launched: list[list[int]] = []
+
+    def run_batch(payloads: list[int], lane: str) -> list[int]:
+        return [p + 1 for p in payloads]
+
+    def launch(payloads: list[int], lane: str):  # type: ignore[no-untyped-def]
+        launched.append(payloads)
+        return lambda: [p + 1 for p in payloads]
+
+    scheduler: TokenBudgetScheduler[int, int] = TokenBudgetScheduler(
+        run_batch, BatchLimits(max_batch_tokens=8, max_batch_size=4, max_wait_ms=0)
+    )
+    scheduler.enable_pipelining(launch)
+    await scheduler.start()
+    try:
+        assert await scheduler.submit([1], [1], priority=True) == [2]
+    finally:
+        await scheduler.stop()
+    assert launched == []
