@@ -37,6 +37,7 @@ class ServerProcess:
         host: Address to bind.
         extra_args: More ``rag-serve`` flags, e.g. ``("--max-batch-tokens", "8192")``.
         log_path: Where the server's output goes (a temp file when None).
+        env: Extra environment variables for the server process.
     """
 
     def __init__(
@@ -49,6 +50,7 @@ class ServerProcess:
         host: str = "127.0.0.1",
         extra_args: tuple[str, ...] | list[str] = (),
         log_path: Path | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.kind = kind
         self.model = str(model)
@@ -57,6 +59,7 @@ class ServerProcess:
         self.port = port or free_port(host)
         self.extra_args = list(extra_args)
         self.log_path = log_path or Path(tempfile.gettempdir()) / f"rag-serve-{kind}-{self.port}.log"
+        self.env = dict(env or {})
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -71,9 +74,11 @@ class ServerProcess:
         """
         cmd = [sys.executable, "-m", "servers.cli", self.kind, "--model", self.model, "--device", self.device,
                "--host", self.host, "--port", str(self.port), *self.extra_args]
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("wb")
         repo_root = Path(__file__).resolve().parents[1]
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(repo_root), os.environ.get("PYTHONPATH")]))}
+        python_path = os.pathsep.join(filter(None, [str(repo_root), os.environ.get("PYTHONPATH")]))
+        env = {**os.environ, "PYTHONPATH": python_path, **self.env}
         self._proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
         log.close()
         deadline = time.monotonic() + timeout_s
