@@ -15,11 +15,12 @@ from rag_plugins.embedding_client import (
 )
 from rag_plugins.http import DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT_S
 from rag_plugins.optional import require
+from rag_plugins.text_embedding_methods import ClientTextEmbeddingMethods
 
 BaseEmbedding = require("llama_index.core.base.embeddings.base", "llamaindex").BaseEmbedding
 
 
-class LocalEmbedding(BaseEmbedding):  # type: ignore[misc, valid-type]
+class LocalEmbedding(ClientTextEmbeddingMethods, BaseEmbedding):  # type: ignore[misc, valid-type]
     """Text embeddings from a local server, for LlamaIndex indexes and query engines.
 
     ``api_style="native"`` talks to rag-serve's ``/embed`` (the server applies the model's query
@@ -67,21 +68,3 @@ class LocalEmbedding(BaseEmbedding):  # type: ignore[misc, valid-type]
     def client(self) -> EmbeddingClient:
         """The framework-free client behind this class (numpy in, numpy out)."""
         return self._client
-
-    def _get_query_embedding(self, query: str) -> list[float]:
-        return self._client.embed([query], "query")[0].tolist()  # type: ignore[no-any-return]
-
-    async def _aget_query_embedding(self, query: str) -> list[float]:
-        return (await self._client.aembed([query], "query"))[0].tolist()  # type: ignore[no-any-return]
-
-    def _get_text_embedding(self, text: str) -> list[float]:
-        return self._client.embed([text], "document")[0].tolist()  # type: ignore[no-any-return]
-
-    async def _aget_text_embedding(self, text: str) -> list[float]:
-        return (await self._client.aembed([text], "document"))[0].tolist()  # type: ignore[no-any-return]
-
-    def _get_text_embeddings(self, texts: list[str]) -> list[list[float]]:
-        return self._client.embed(texts, "document").tolist()  # type: ignore[no-any-return]
-
-    async def _aget_text_embeddings(self, texts: list[str]) -> list[list[float]]:
-        return (await self._client.aembed(texts, "document")).tolist()  # type: ignore[no-any-return]

@@ -353,17 +353,118 @@ class ServerInfo(BaseModel):
     scoring: str | None = None
 
 
+# --------------------------------------------------------------------------------------------------------
+# Multimodal embeddings (mm-embed server)
+# --------------------------------------------------------------------------------------------------------
+
+
+def _check_image_input(value: Any) -> Any:
+    """An ``ImageInput``: a data URI / base64 string, or an object with exactly one of base64, path, url."""
+    if isinstance(value, str):
+        if not value.strip():
+            raise ValueError("image is an empty string")
+        return value
+    if isinstance(value, dict):
+        keys = [k for k in ("base64", "path", "url") if value.get(k) is not None]
+        if len(keys) != 1 or not isinstance(value[keys[0]], str) or not value[keys[0]].strip():
+            raise ValueError('an image object needs exactly one non-empty string field: "base64", "path" or "url"')
+        return {keys[0]: value[keys[0]]}
+    raise ValueError('an image is a data URI, a base64 string, or {"base64"|"path"|"url": str}')
+
+
+ImageInput = Annotated[str | dict[str, str], Field(description="Data URI, base64, {base64}, {path}, {url}.")]
+
+
+class EmbedImageRequest(StrictRequest):
+    """Body of ``POST /embed_image``: images, optionally fused with one text each."""
+
+    images: list[ImageInput] = Field(min_length=1, description="Images to embed, in order.")
+    texts: list[str] | None = Field(default=None, description="Same length as images: fused image+text inputs.")
+    input_type: InputType = Field(default="document", validation_alias=AliasChoices("input_type", "prompt"))
+    instruction: str | None = Field(default=None, description="Task instruction for queries.")
+    dimensions: int | None = Field(default=None, ge=1)
+    normalize: bool = True
+    encoding_format: EncodingFormat = "float"
+
+    _check_input_type = field_validator("input_type", mode="before")(_normalise_input_type)
+
+    @field_validator("images", mode="before")
+    @classmethod
+    def _check_images(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            return [_check_image_input(v) for v in value]
+        return value
+
+    @model_validator(mode="after")
+    def _same_length(self) -> EmbedImageRequest:
+        if self.texts is not None and len(self.texts) != len(self.images):
+            raise ValueError(f"texts has {len(self.texts)} items but images has {len(self.images)}; give one each")
+        return self
+
+
+class MultiModalItem(StrictRequest):
+    """One ``/v1/embeddings`` input of the multimodal server: a text, an image, or both."""
+
+    text: str | None = None
+    image: ImageInput | None = None
+
+    @field_validator("image", mode="before")
+    @classmethod
+    def _check_image(cls, value: Any) -> Any:
+        return None if value is None else _check_image_input(value)
+
+    @model_validator(mode="after")
+    def _needs_content(self) -> MultiModalItem:
+        if self.image is None and not (self.text and self.text.strip()):
+            raise ValueError('an input item needs "text" or "image"')
+        return self
+
+
+class MultiModalEmbeddingRequest(StrictRequest):
+    """Body of ``POST /v1/embeddings`` on the multimodal server (OpenAI shape, items may carry images)."""
+
+    model_config = ConfigDict(extra="ignore", strict=False, populate_by_name=True)
+
+    input: NonEmptyText | list[NonEmptyText | MultiModalItem] = Field(
+        description='A text, or a list of texts and {"text"?, "image"?} items.'
+    )
+    model: str | None = None
+    encoding_format: EncodingFormat = "float"
+    dimensions: int | None = Field(default=None, ge=1)
+    user: str | None = None
+    input_type: InputType = Field(default="document", validation_alias=AliasChoices("input_type", "prompt"))
+    instruction: str | None = None
+
+    _check_input_type = field_validator("input_type", mode="before")(_normalise_input_type)
+
+    @field_validator("input")
+    @classmethod
+    def _non_empty(cls, value: Any) -> Any:
+        if isinstance(value, list) and not value:
+            raise ValueError("input is an empty list")
+        return value
+
+    def items(self) -> list[MultiModalItem]:
+        """Every input as an item (strings become text-only items)."""
+        raw = [self.input] if isinstance(self.input, str) else list(self.input)
+        return [MultiModalItem(text=v) if isinstance(v, str) else v for v in raw]
+
+
 __all__ = [
     "INPUT_TYPE_ALIASES",
     "CohereRerankRequest",
     "CohereRerankResponse",
     "DocInput",
+    "EmbedImageRequest",
     "EmbedRequest",
     "EmbedResponse",
     "EncodingFormat",
     "ErrorBody",
     "ErrorEnvelope",
+    "ImageInput",
     "InputType",
+    "MultiModalEmbeddingRequest",
+    "MultiModalItem",
     "OpenAIEmbeddingRequest",
     "OpenAIEmbeddingResponse",
     "RerankRequest",

