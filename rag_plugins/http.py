@@ -121,6 +121,14 @@ def _drop_session_of_closed_loop(session: aiohttp.ClientSession) -> None:
         pass
 
 
+def run_sync(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine to completion from sync code, on the shared background loop of the clients.
+
+    Works inside Jupyter (whose own loop is running) and reuses the clients' sessions on that loop.
+    """
+    return _BackgroundLoop.get().run(coro)
+
+
 def _close_sessions_soon(sessions: dict[asyncio.AbstractEventLoop, aiohttp.ClientSession]) -> None:
     for loop, session in list(sessions.items()):
         if session.closed:
@@ -257,7 +265,7 @@ class ServiceClient:
 
     def post(self, path: str, payload: Any) -> Any:
         """Sync :meth:`apost` (runs on the shared background loop; safe inside Jupyter)."""
-        return _BackgroundLoop.get().run(self.apost(path, payload))
+        return run_sync(self.apost(path, payload))
 
     def get(self, path: str) -> Any:
-        return _BackgroundLoop.get().run(self.aget(path))
+        return run_sync(self.aget(path))

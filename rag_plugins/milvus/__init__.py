@@ -1,0 +1,36 @@
+"""Milvus multi-vector store (``text_vec`` + ``image_vec``) and hybrid retriever.
+
+``MultiVectorMilvusStore`` needs the ``milvus`` extra; ``HybridRetriever`` also needs ``llamaindex``.
+Both are imported lazily so a missing extra is named when the class is first touched.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+_LAZY = {
+    "MultiVectorMilvusStore": "rag_plugins.milvus.store",
+    "Hit": "rag_plugins.milvus.store",
+    "MilvusStoreSettings": "rag_plugins.milvus.settings",
+    "FieldIndexSettings": "rag_plugins.milvus.settings",
+    "StoreItem": "rag_plugins.milvus.items",
+    "Fusion": "rag_plugins.milvus.fusion",
+    "HybridRetriever": "rag_plugins.milvus.retriever",
+    "TextEmbedder": "rag_plugins.milvus.embedders",
+    "ImageSpaceEmbedder": "rag_plugins.milvus.embedders",
+    "DimensionMismatchError": "rag_plugins.milvus.errors",
+    "CollectionNotFoundError": "rag_plugins.milvus.errors",
+    "FusionConfigError": "rag_plugins.milvus.errors",
+    "MilvusStoreError": "rag_plugins.milvus.errors",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'rag_plugins.milvus' has no attribute {name!r}")
+
+
+__all__ = sorted(_LAZY)

@@ -1,0 +1,400 @@
+"""``MultiVectorMilvusStore``: one Milvus collection with a text vector and an image-space vector per item.
+
+Schema: ``id`` (VARCHAR primary key), ``text_vec`` (dim of the text model), ``image_vec`` (dim of the
+image-space model), scalars ``doc_id``, ``chunk_id``, ``modality``, ``uri``, ``page``, ``caption``, ``text``,
+``meta`` (JSON), and two flags ``has_text_vec`` / ``has_image_vec``.
+
+Items without a vector for a field: Milvus needs a value in every vector field of every row, and a zero vector
+is invalid under COSINE (and would score 0 under IP, i.e. still rank). Such rows store a fixed unit "null"
+vector (1, 0, 0, ...) in that field and ``false`` in its ``has_*`` flag; every search request on the field
+filters on the flag, so a null vector is never returned as a hit for that field, while the row stays
+searchable through its other field.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from rag_plugins.http import run_sync
+from rag_plugins.milvus._pymilvus import import_pymilvus
+from rag_plugins.milvus.embedders import ImageSpaceEmbedder, TextEmbedder, embedder_dim
+from rag_plugins.milvus.errors import CollectionNotFoundError, DimensionMismatchError
+from rag_plugins.milvus.filters import Filter, and_exprs, literal, to_expr
+from rag_plugins.milvus.fusion import Fusion
+from rag_plugins.milvus.items import ID_MAX_LENGTH, StoreItem
+from rag_plugins.milvus.settings import FieldIndexSettings, MilvusStoreSettings
+
+TEXT_FIELD = "text_vec"
+IMAGE_FIELD = "image_vec"
+VECTOR_FIELDS = (TEXT_FIELD, IMAGE_FIELD)
+HAS_FLAG = {TEXT_FIELD: "has_text_vec", IMAGE_FIELD: "has_image_vec"}
+#: Scalar fields returned with every hit.
+SCALAR_FIELDS = ["doc_id", "chunk_id", "modality", "uri", "page", "caption", "text", "meta",
+                 "has_text_vec", "has_image_vec"]
+_SHORT_VARCHAR = 1024
+
+
+def null_vector(dim: int) -> list[float]:
+    """The stand-in stored for a missing vector: the unit vector (1, 0, ..., 0) (valid for COSINE and IP)."""
+    vec = [0.0] * dim
+    vec[0] = 1.0
+    return vec
+
+
+@dataclass
+class Hit:
+    """One search result: primary key, fused (or single-field) score, scalar fields."""
+
+    id: str
+    score: float
+    fields: dict[str, Any]
+
+
+class MultiVectorMilvusStore:
+    """A Milvus collection holding ``text_vec`` + ``image_vec`` per item, with idempotent batched ingestion.
+
+    Args:
+        text_embedder: Embeds texts into ``text_vec`` (e.g. ``EmbeddingClient``); None for raw-vector use.
+        image_embedder: Embeds images and texts into ``image_vec`` (e.g. ``MultiModalEmbeddingClient``).
+        settings: Connection, collection name, dims and per-field indexes.
+        create: Create the collection when it does not exist (else raise :class:`CollectionNotFoundError`).
+        client: An existing ``pymilvus.MilvusClient`` to use instead of opening ``settings.uri``.
+
+    Raises:
+        DimensionMismatchError: an embedder's dim differs from ``settings`` or from the existing collection.
+        CollectionNotFoundError: ``create=False`` and the collection does not exist.
+
+    Example:
+        >>> store = MultiVectorMilvusStore(EmbeddingClient("http://127.0.0.1:8001"), mm_client,
+        ...                                MilvusStoreSettings(uri="./rag.db"))
+        >>> store.upsert([StoreItem(text="...", doc_id="d1", chunk_id="0")])
+    """
+
+    def __init__(
+        self,
+        text_embedder: TextEmbedder | None = None,
+        image_embedder: ImageSpaceEmbedder | None = None,
+        settings: MilvusStoreSettings | None = None,
+        *,
+        create: bool = True,
+        client: Any = None,
+    ) -> None:
+        self.settings = settings or MilvusStoreSettings()
+        self.text_embedder = text_embedder
+        self.image_embedder = image_embedder
+        pymilvus = import_pymilvus()
+        self._pymilvus = pymilvus
+        self.client = client if client is not None else pymilvus.MilvusClient(
+            uri=self.settings.uri, token=self.settings.token, db_name=self.settings.db_name
+        )
+        self.collection_name = self.settings.collection_name
+        self.text_dim = self._configured_dim(TEXT_FIELD, self.settings.text_dim, text_embedder)
+        self.image_dim = self._configured_dim(IMAGE_FIELD, self.settings.image_dim, image_embedder)
+        if self.exists():
+            self._check_existing()
+            self.client.load_collection(self.collection_name)
+        elif create:
+            self._create()
+        else:
+            raise CollectionNotFoundError(self._missing_message())
+
+    # --------------------------------------------------------------------------------------------- schema
+    def _configured_dim(self, field: str, configured: int | None, embedder: TextEmbedder | None) -> int | None:
+        if embedder is None:
+            return configured
+        served = embedder_dim(embedder, "text" if field == TEXT_FIELD else "image-space")
+        if configured is not None and configured != served:
+            raise DimensionMismatchError(
+                f"{field}: settings say dim {configured} but the embedder serves dim {served}; drop the "
+                f"explicit {'text_dim' if field == TEXT_FIELD else 'image_dim'} or serve the matching model"
+            )
+        return served
+
+    def _missing_message(self) -> str:
+        return (
+            f"Milvus collection {self.collection_name!r} does not exist at {self.settings.uri!r}: ingest first "
+            f"with MultiVectorMilvusStore(..., create=True).upsert(items), or check collection_name and uri"
+        )
+
+    def exists(self) -> bool:
+        """Whether the collection exists."""
+        return bool(self.client.has_collection(self.collection_name))
+
+    def require_collection(self) -> None:
+        """Raise :class:`CollectionNotFoundError` (naming the fix) when the collection is gone."""
+        if not self.exists():
+            raise CollectionNotFoundError(self._missing_message())
+
+    def _existing_dims(self) -> dict[str, int]:
+        described = self.client.describe_collection(self.collection_name)
+        dims = {f["name"]: int(f.get("params", {}).get("dim", 0)) for f in described["fields"]}
+        missing = [f for f in (*VECTOR_FIELDS, *HAS_FLAG.values()) if f not in dims]
+        if missing:
+            raise DimensionMismatchError(
+                f"collection {self.collection_name!r} lacks fields {missing}: it was not made by "
+                f"MultiVectorMilvusStore; use another collection_name"
+            )
+        return {f: dims[f] for f in VECTOR_FIELDS}
+
+    def _check_existing(self) -> None:
+        dims = self._existing_dims()
+        for field, wanted, attr in ((TEXT_FIELD, self.text_dim, "text_dim"), (IMAGE_FIELD, self.image_dim, "image_dim")):
+            if wanted is None:
+                setattr(self, attr, dims[field])
+            elif wanted != dims[field]:
+                raise DimensionMismatchError(
+                    f"collection {self.collection_name!r} has {field} dim {dims[field]} but the "
+                    f"{'text' if field == TEXT_FIELD else 'image-space'} model gives dim {wanted}: use the model "
+                    f"the collection was built with, or another collection_name, or drop it "
+                    f"(store.drop()) and re-ingest"
+                )
+
+    def _create(self) -> None:
+        if self.text_dim is None or self.image_dim is None:
+            raise ValueError(
+                "cannot create the collection without both dims: pass text_embedder and image_embedder, or "
+                "MilvusStoreSettings(text_dim=..., image_dim=...)"
+            )
+        data_type = self._pymilvus.DataType
+        schema = self.client.create_schema(auto_id=False, enable_dynamic_field=False)
+        schema.add_field("id", data_type.VARCHAR, is_primary=True, max_length=ID_MAX_LENGTH)
+        schema.add_field(TEXT_FIELD, data_type.FLOAT_VECTOR, dim=self.text_dim)
+        schema.add_field(IMAGE_FIELD, data_type.FLOAT_VECTOR, dim=self.image_dim)
+        for name in ("doc_id", "chunk_id", "modality"):
+            schema.add_field(name, data_type.VARCHAR, max_length=_SHORT_VARCHAR)
+        schema.add_field("uri", data_type.VARCHAR, max_length=self.settings.max_varchar_bytes)
+        schema.add_field("page", data_type.INT64)
+        schema.add_field("caption", data_type.VARCHAR, max_length=self.settings.max_varchar_bytes)
+        schema.add_field("text", data_type.VARCHAR, max_length=self.settings.max_varchar_bytes)
+        schema.add_field("meta", data_type.JSON)
+        schema.add_field("has_text_vec", data_type.BOOL)
+        schema.add_field("has_image_vec", data_type.BOOL)
+        index_params = self.client.prepare_index_params()
+        for field, index in ((TEXT_FIELD, self.settings.text_index), (IMAGE_FIELD, self.settings.image_index)):
+            index_params.add_index(field, index_type=index.index_type, metric_type=index.metric,
+                                   params=index.build())
+        self.client.create_collection(self.collection_name, schema=schema, index_params=index_params,
+                                      consistency_level=self.settings.consistency_level)
+
+    def index_settings(self, field: str) -> FieldIndexSettings:
+        """Index settings of ``text_vec`` or ``image_vec``."""
+        return self.settings.text_index if field == TEXT_FIELD else self.settings.image_index
+
+    def drop(self) -> None:
+        """Drop the collection (all rows)."""
+        self.client.drop_collection(self.collection_name)
+
+    def close(self) -> None:
+        """Close the Milvus connection."""
+        self.client.close()
+
+    # ------------------------------------------------------------------------------------------ ingestion
+    def _check_vectors(self, field: str, vectors: np.ndarray, n: int) -> None:
+        dim = self.text_dim if field == TEXT_FIELD else self.image_dim
+        if vectors.ndim != 2 or vectors.shape[0] != n or vectors.shape[1] != dim:
+            raise DimensionMismatchError(
+                f"{field}: the embedder returned shape {tuple(vectors.shape)}, expected ({n}, {dim}); the "
+                f"server's model changed since the collection was made: serve the same model or use another "
+                f"collection_name"
+            )
+
+    def _row(self, item: StoreItem, text_vec: Any, image_vec: Any) -> dict[str, Any]:
+        for name in ("text", "caption", "uri"):
+            size = len(getattr(item, name).encode("utf-8"))
+            if size > self.settings.max_varchar_bytes:
+                raise ValueError(
+                    f"item {item.key}: {name} has {size} UTF-8 bytes, over the {self.settings.max_varchar_bytes} "
+                    f"Milvus VARCHAR limit; split it into smaller chunks"
+                )
+        assert self.text_dim is not None
+        assert self.image_dim is not None
+        return {
+            "id": item.key,
+            TEXT_FIELD: null_vector(self.text_dim) if text_vec is None else np.asarray(text_vec, np.float32).tolist(),
+            IMAGE_FIELD: null_vector(self.image_dim) if image_vec is None else np.asarray(image_vec, np.float32).tolist(),
+            "has_text_vec": text_vec is not None,
+            "has_image_vec": image_vec is not None,
+            "doc_id": item.doc_id, "chunk_id": item.chunk_id, "modality": item.modality, "uri": item.uri,
+            "page": int(item.page), "caption": item.caption, "text": item.text, "meta": item.meta,
+        }
+
+    def upsert_vectors(
+        self, items: Sequence[StoreItem], text_vecs: Sequence[Any], image_vecs: Sequence[Any]
+    ) -> list[str]:
+        """Upsert items whose vectors are already computed (None in a list = no vector for that field).
+
+        Returns:
+            The primary keys, in item order. Items with the same key keep the last occurrence.
+        """
+        if not len(items) == len(text_vecs) == len(image_vecs):
+            raise ValueError("items, text_vecs and image_vecs must have the same length")
+        rows: dict[str, dict[str, Any]] = {}
+        for item, tv, iv in zip(items, text_vecs, image_vecs, strict=True):
+            if tv is None and iv is None:
+                raise ValueError(f"item {item.key} has neither a text_vec nor an image_vec")
+            rows[item.key] = self._row(item, tv, iv)
+        if rows:
+            self.client.upsert(self.collection_name, list(rows.values()))
+        return [item.key for item in items]
+
+    async def aembed_items(self, items: Sequence[StoreItem]) -> tuple[list[Any], list[Any]]:
+        """``text_vec`` and ``image_vec`` (or None) per item; the text and image-space calls run concurrently."""
+        text_idx = [i for i, it in enumerate(items) if it.text_for_text_vec] if self.text_embedder else []
+        image_idx: list[int] = []
+        image_text_idx: list[int] = []
+        if self.image_embedder is not None:
+            image_idx = [i for i, it in enumerate(items) if it.image is not None]
+            if self.settings.embed_text_into_image_space:
+                image_text_idx = [i for i, it in enumerate(items) if it.image is None and it.text]
+
+        async def nothing() -> np.ndarray:
+            return np.zeros((0, 0), np.float32)
+
+        text_job = (self.text_embedder.aembed([items[i].text_for_text_vec for i in text_idx], "document")
+                    if self.text_embedder is not None and text_idx else nothing())
+        image_job = (self.image_embedder.aembed_images([items[i].image for i in image_idx], None, "document")
+                     if self.image_embedder is not None and image_idx else nothing())
+        image_text_job = (self.image_embedder.aembed([items[i].text for i in image_text_idx], "document")
+                          if self.image_embedder is not None and image_text_idx else nothing())
+        text_out, image_out, image_text_out = await asyncio.gather(text_job, image_job, image_text_job)
+        text_vecs: list[Any] = [None] * len(items)
+        image_vecs: list[Any] = [None] * len(items)
+        for field, idx, out, target in (
+            (TEXT_FIELD, text_idx, text_out, text_vecs),
+            (IMAGE_FIELD, image_idx, image_out, image_vecs),
+            (IMAGE_FIELD, image_text_idx, image_text_out, image_vecs),
+        ):
+            if idx:
+                self._check_vectors(field, np.asarray(out), len(idx))
+                for row, i in enumerate(idx):
+                    target[i] = out[row]
+        return text_vecs, image_vecs
+
+    def _batches(self, items: Sequence[StoreItem]) -> Iterable[Sequence[StoreItem]]:
+        size = self.settings.batch_size
+        return (items[i : i + size] for i in range(0, len(items), size))
+
+    def upsert(self, items: Sequence[StoreItem], *, show_progress: bool = True) -> list[str]:
+        """Embed and upsert ``items`` batch by batch (idempotent: same item → same key → same row).
+
+        Each batch is written as soon as it is embedded, so an interrupted run resumes by running again.
+
+        Returns:
+            The primary keys, in item order.
+        """
+        self.require_collection()
+        keys: list[str] = []
+        with tqdm(total=len(items), desc="milvus upsert", unit="item", disable=not show_progress) as bar:
+            for batch in self._batches(items):
+                # The embedding clients' sync paths share one background loop; run the concurrent
+                # text + image coroutine there too, so sync ingestion also works inside Jupyter.
+                text_vecs, image_vecs = run_sync(self.aembed_items(batch))
+                keys.extend(self.upsert_vectors(batch, text_vecs, image_vecs))
+                bar.update(len(batch))
+        return keys
+
+    async def aupsert(self, items: Sequence[StoreItem], *, show_progress: bool = True) -> list[str]:
+        """Async :meth:`upsert` (Milvus calls run in a worker thread)."""
+        await asyncio.to_thread(self.require_collection)
+        keys: list[str] = []
+        with tqdm(total=len(items), desc="milvus upsert", unit="item", disable=not show_progress) as bar:
+            for batch in self._batches(items):
+                text_vecs, image_vecs = await self.aembed_items(batch)
+                keys.extend(await asyncio.to_thread(self.upsert_vectors, batch, text_vecs, image_vecs))
+                bar.update(len(batch))
+        return keys
+
+    def add_nodes(self, nodes: Sequence[Any], *, show_progress: bool = True) -> list[str]:
+        """Upsert LlamaIndex ``TextNode`` / ``ImageNode`` objects (keys = node ids)."""
+        from rag_plugins.milvus.nodes import item_from_node
+
+        return self.upsert([item_from_node(n) for n in nodes], show_progress=show_progress)
+
+    # ------------------------------------------------------------------------------------ reads / deletes
+    def count(self, filters: Filter = None) -> int:
+        """Number of rows (matching ``filters``)."""
+        self.require_collection()
+        res = self.client.query(self.collection_name, filter=to_expr(filters), output_fields=["count(*)"])
+        return int(res[0]["count(*)"])
+
+    def get(self, ids: Sequence[str], output_fields: list[str] | None = None) -> list[dict[str, Any]]:
+        """Rows by primary key (vectors only when asked for in ``output_fields``)."""
+        self.require_collection()
+        if not ids:
+            return []
+        rows = self.client.get(self.collection_name, ids=list(ids), output_fields=output_fields or ["id", *SCALAR_FIELDS])
+        return [dict(r) for r in rows]
+
+    def query(self, filters: Filter, *, limit: int | None = None,
+              output_fields: list[str] | None = None) -> list[dict[str, Any]]:
+        """Rows matching a scalar filter."""
+        self.require_collection()
+        kwargs: dict[str, Any] = {"limit": limit} if limit is not None else {}
+        rows = self.client.query(self.collection_name, filter=to_expr(filters),
+                                 output_fields=output_fields or ["id", *SCALAR_FIELDS], **kwargs)
+        return [dict(r) for r in rows]
+
+    def delete(self, ids: Sequence[str]) -> None:
+        """Delete rows by primary key."""
+        self.require_collection()
+        if ids:
+            self.client.delete(self.collection_name, ids=list(ids))
+
+    def delete_doc(self, doc_id: str) -> None:
+        """Delete every item of one document."""
+        self.require_collection()
+        self.client.delete(self.collection_name, filter=f"doc_id == {literal(doc_id)}")
+
+    # ------------------------------------------------------------------------------------------- search
+    def search(
+        self,
+        text_query: Sequence[float] | np.ndarray | None,
+        image_query: Sequence[float] | np.ndarray | None,
+        *,
+        fusion: Fusion | None = None,
+        top_k: int = 10,
+        text_limit: int | None = None,
+        image_limit: int | None = None,
+        filters: Filter = None,
+    ) -> list[Hit]:
+        """Hybrid search: one ``AnnSearchRequest`` per given query vector, fused by ``fusion``.
+
+        Rows whose vector for a field is the null stand-in are excluded from that field's request.
+        Hits are ordered by fused score, ties broken by id, so equal inputs give equal rankings.
+
+        Args:
+            text_query: Query vector for ``text_vec`` (None: skip the field).
+            image_query: Query vector for ``image_vec`` (None: skip the field).
+            fusion: RRF or weighted (default RRF, k=60).
+            top_k: Hits returned.
+            text_limit: Candidates from ``text_vec`` (default ``top_k``).
+            image_limit: Candidates from ``image_vec`` (default ``top_k``).
+            filters: Scalar filter applied to both fields.
+        """
+        self.require_collection()
+        fusion = fusion or Fusion()
+        user_expr = to_expr(filters)
+        requests, fields = [], []
+        for field, vector, limit in ((TEXT_FIELD, text_query, text_limit), (IMAGE_FIELD, image_query, image_limit)):
+            if vector is None:
+                continue
+            requests.append(self._pymilvus.AnnSearchRequest(
+                data=[np.asarray(vector, np.float32).tolist()], anns_field=field,
+                param=self.index_settings(field).search(), limit=limit or top_k,
+                expr=and_exprs(f"{HAS_FLAG[field]} == true", user_expr),
+            ))
+            fields.append(field)
+        if not requests:
+            raise ValueError("give at least one of text_query and image_query")
+        result = self.client.hybrid_search(self.collection_name, requests, fusion.ranker(fields), limit=top_k,
+                                           output_fields=SCALAR_FIELDS)
+        hits = [Hit(id=str(h["id"]), score=float(h["distance"]), fields=dict(h.get("entity", {})))
+                for h in result[0]]
+        hits.sort(key=lambda h: (-h.score, h.id))
+        return hits

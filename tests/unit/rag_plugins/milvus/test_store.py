@@ -1,0 +1,216 @@
+"""MultiVectorMilvusStore on real Milvus Lite (in process): schema, errors, idempotent ingestion, deletes.
+
+Embedders are ``HashImageSpaceEmbedder`` doubles: deterministic stand-ins for the embedding servers (the
+e2e tests use a real rag-serve for text); see ``tests/support/milvus_doubles.py``.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rag_plugins.milvus.errors import CollectionNotFoundError, DimensionMismatchError
+from rag_plugins.milvus.items import StoreItem
+from rag_plugins.milvus.retriever import HybridRetriever
+from rag_plugins.milvus.settings import FieldIndexSettings, MilvusStoreSettings
+from rag_plugins.milvus.store import MultiVectorMilvusStore, null_vector
+from tests.support.milvus_doubles import HashImageSpaceEmbedder
+from tests.unit.rag_plugins.milvus.conftest import make_settings
+
+
+def items(n: int, doc: str = "d") -> list[StoreItem]:
+    out = []
+    for i in range(n):
+        if i % 4 == 0:  # an image with a caption
+            out.append(StoreItem(image=f"/imgs/{doc}_figure_{i}.png", caption=f"figure {i}", doc_id=doc,
+                                 chunk_id=f"img{i}", page=i))
+        elif i % 4 == 1:  # an image without any text: no text_vec
+            out.append(StoreItem(image=f"/imgs/{doc}_photo_{i}.png", doc_id=doc, chunk_id=f"img{i}"))
+        else:
+            out.append(StoreItem(text=f"chunk {i} of {doc}", doc_id=doc, chunk_id=str(i)))
+    return out
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[MultiVectorMilvusStore]:
+    s = MultiVectorMilvusStore(HashImageSpaceEmbedder(24), HashImageSpaceEmbedder(16),  # type: ignore[arg-type]
+                               make_settings(tmp_path, batch_size=7))
+    yield s
+    s.close()
+
+
+def test_schema_and_dims_from_embedders(store: MultiVectorMilvusStore) -> None:
+    described = store.client.describe_collection("t")
+    fields = {f["name"]: f for f in described["fields"]}
+    assert fields["text_vec"]["params"]["dim"] == 24
+    assert fields["image_vec"]["params"]["dim"] == 16
+    assert {"id", "doc_id", "chunk_id", "modality", "uri", "page", "caption", "text", "meta"} <= set(fields)
+    assert store.client.describe_index("t", "text_vec")["index_type"] == "FLAT"
+
+
+def test_upsert_twice_is_idempotent_and_vectors_are_right(store: MultiVectorMilvusStore) -> None:
+    batch = items(30)
+    keys = store.upsert(batch, show_progress=False)
+    assert store.upsert(batch, show_progress=False) == keys
+    assert store.count() == 30
+    assert len(set(keys)) == 30
+    rows = {r["id"]: r for r in store.get(keys, output_fields=["id", "text_vec", "image_vec", "has_text_vec",
+                                                               "has_image_vec", "modality"])}
+    text_double, image_double = store.text_embedder, store.image_embedder
+    for item in batch:
+        row = rows[item.key]
+        if item.text_for_text_vec:
+            assert row["has_text_vec"]
+            np.testing.assert_allclose(row["text_vec"], text_double.embed([item.text_for_text_vec])[0], atol=1e-6)  # type: ignore[union-attr]
+        else:  # image without caption: null stand-in, flagged
+            assert not row["has_text_vec"]
+            assert row["text_vec"] == null_vector(24)
+        expected_image = (image_double.embed_images([item.image]) if item.image is not None  # type: ignore[union-attr]
+                          else image_double.embed([item.text]))[0]  # type: ignore[union-attr]
+        assert row["has_image_vec"]
+        np.testing.assert_allclose(row["image_vec"], expected_image, atol=1e-6)
+        assert row["modality"] == ("image" if item.image is not None else "text")
+
+
+def test_text_and_image_embedding_run_concurrently(store: MultiVectorMilvusStore) -> None:
+    import asyncio
+    import time
+
+    class Slow(HashImageSpaceEmbedder):
+        async def aembed(self, texts: list[str], input_type: str = "document") -> np.ndarray:
+            await asyncio.sleep(0.3)
+            return self.embed(texts, input_type)
+
+        async def aembed_images(self, images: list, texts: list[str] | None = None,
+                                input_type: str = "document") -> np.ndarray:
+            await asyncio.sleep(0.3)
+            return self.embed_images(images, texts, input_type)
+
+    store.text_embedder, store.image_embedder = Slow(24), Slow(16)
+    start = time.perf_counter()
+    asyncio.run(store.aembed_items(items(8)))
+    assert time.perf_counter() - start < 0.55  # three calls of 0.3 s each, overlapped
+
+
+def test_delete_doc_and_filters(store: MultiVectorMilvusStore) -> None:
+    store.upsert(items(12, "a") + items(8, 'b"quoted'), show_progress=False)
+    assert store.count() == 20
+    assert store.count({"doc_id": 'b"quoted'}) == 8
+    store.delete_doc('b"quoted')
+    assert store.count() == 12
+    assert {r["doc_id"] for r in store.query({"modality": "image"})} == {"a"}
+    store.delete([items(12, "a")[2].key])
+    assert store.count() == 11
+
+
+def test_content_keys_are_deterministic() -> None:
+    a = StoreItem(text="same text", doc_id="d")
+    assert a.key == StoreItem(text="same text", doc_id="d").key
+    assert a.key != StoreItem(text="other text", doc_id="d").key
+    assert a.key != StoreItem(text="same text", doc_id="e").key
+    assert StoreItem(text="x", doc_id="d", chunk_id="3").key == StoreItem(text="changed", doc_id="d", chunk_id="3").key
+    assert StoreItem(image=b"\x89PNG...").key == StoreItem(image=b"\x89PNG...").key
+    assert StoreItem(text="t", id="my-id").key == "my-id"
+    with pytest.raises(ValueError, match="needs a text, a caption or an image"):
+        StoreItem()
+
+
+def test_dimension_mismatch_on_existing_collection(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path)
+    MultiVectorMilvusStore(HashImageSpaceEmbedder(24), HashImageSpaceEmbedder(16), settings).close()  # type: ignore[arg-type]
+    with pytest.raises(DimensionMismatchError, match=r"text_vec dim 24 but the text model gives dim 32.*collection_name.*drop"):
+        MultiVectorMilvusStore(HashImageSpaceEmbedder(32), HashImageSpaceEmbedder(16), settings)  # type: ignore[arg-type]
+    with pytest.raises(DimensionMismatchError, match=r"image_vec dim 16 but the image-space model gives dim 8"):
+        MultiVectorMilvusStore(HashImageSpaceEmbedder(24), HashImageSpaceEmbedder(8), settings)  # type: ignore[arg-type]
+
+
+def test_dimension_mismatch_settings_vs_embedder(tmp_path: Path) -> None:
+    with pytest.raises(DimensionMismatchError, match="settings say dim 100 but the embedder serves dim 24"):
+        MultiVectorMilvusStore(HashImageSpaceEmbedder(24), HashImageSpaceEmbedder(16),  # type: ignore[arg-type]
+                               make_settings(tmp_path, text_dim=100))
+
+
+def test_dimension_mismatch_when_server_changes_model(store: MultiVectorMilvusStore) -> None:
+    store.text_embedder = HashImageSpaceEmbedder(48)  # type: ignore[assignment]
+    with pytest.raises(DimensionMismatchError, match=r"text_vec: the embedder returned shape \(\d+, 48\), expected"):
+        store.upsert(items(4), show_progress=False)
+
+
+def test_missing_collection_is_a_clear_error(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, collection_name="nope")
+    with pytest.raises(CollectionNotFoundError, match=r"'nope' does not exist.*create=True.*upsert"):
+        MultiVectorMilvusStore(HashImageSpaceEmbedder(24), HashImageSpaceEmbedder(16), settings, create=False)  # type: ignore[arg-type]
+    store = MultiVectorMilvusStore(HashImageSpaceEmbedder(24), HashImageSpaceEmbedder(16), settings)  # type: ignore[arg-type]
+    store.upsert(items(3), show_progress=False)
+    retriever = HybridRetriever(store)
+    assert retriever.retrieve("chunk 2")
+    store.drop()
+    with pytest.raises(CollectionNotFoundError, match="does not exist"):
+        retriever.retrieve("chunk 2")
+
+
+def test_reopen_takes_dims_from_collection(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path)
+    first = MultiVectorMilvusStore(HashImageSpaceEmbedder(24), HashImageSpaceEmbedder(16), settings)  # type: ignore[arg-type]
+    first.upsert(items(5), show_progress=False)
+    first.close()
+    raw = MultiVectorMilvusStore(settings=settings, create=False)
+    assert (raw.text_dim, raw.image_dim) == (24, 16)
+    assert raw.count() == 5
+
+
+def test_create_without_dims_names_the_fix(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"text_dim=.*image_dim="):
+        MultiVectorMilvusStore(settings=make_settings(tmp_path))
+
+
+def test_varchar_limit_is_a_clear_error(tmp_path: Path) -> None:
+    store = MultiVectorMilvusStore(HashImageSpaceEmbedder(24), HashImageSpaceEmbedder(16),  # type: ignore[arg-type]
+                                   make_settings(tmp_path, max_varchar_bytes=100))
+    with pytest.raises(ValueError, match="over the 100 Milvus VARCHAR limit; split it"):
+        store.upsert([StoreItem(text="x" * 101)], show_progress=False)
+
+
+@pytest.mark.parametrize("index", [FieldIndexSettings("HNSW", "IP"), FieldIndexSettings("IVF_FLAT", "COSINE"),
+                                   FieldIndexSettings("AUTOINDEX", "COSINE")])
+def test_index_types(tmp_path: Path, index: FieldIndexSettings) -> None:
+    store = MultiVectorMilvusStore(HashImageSpaceEmbedder(24), HashImageSpaceEmbedder(16),  # type: ignore[arg-type]
+                                   make_settings(tmp_path, text_index=index, image_index=index))
+    store.upsert(items(10), show_progress=False)
+    assert HybridRetriever(store, top_k=3).retrieve("chunk 2 of d")
+    assert store.client.describe_index("t", "image_vec")["metric_type"] == index.metric
+
+
+def test_bad_index_settings() -> None:
+    with pytest.raises(ValueError, match="index_type must be one of"):
+        FieldIndexSettings("DISKANN")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="metric must be"):
+        FieldIndexSettings("HNSW", "L2")  # type: ignore[arg-type]
+
+
+def test_milvus_uri_file_path_does_not_break_import(tmp_path: Path) -> None:
+    """pymilvus raises at import when MILVUS_URI is a file path; our import hides it and restores it."""
+    code = (
+        "import os\n"
+        "from rag_plugins.milvus.store import MultiVectorMilvusStore\n"
+        "from rag_plugins.milvus.settings import MilvusStoreSettings\n"
+        f"s = MultiVectorMilvusStore(settings=MilvusStoreSettings(uri={str(tmp_path / 'e.db')!r}, text_dim=4, image_dim=4))\n"
+        "assert os.environ['MILVUS_URI'] == './milvus.db'\n"
+        "print(s.count())\n"
+    )
+    env = {**os.environ, "MILVUS_URI": "./milvus.db"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120,
+                         cwd=Path(__file__).resolve().parents[4])
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "0"
+
+
+def test_settings_validation() -> None:
+    with pytest.raises(ValueError, match="batch_size"):
+        MilvusStoreSettings(batch_size=0)
