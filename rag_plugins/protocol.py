@@ -208,8 +208,8 @@ def _doc_text(doc: str | DocInput) -> str:
     return doc if isinstance(doc, str) else (doc.text or "")
 
 
-def _reject_blank_query(value: str) -> str:
-    if not value.strip():
+def _reject_blank_query(value: str | DocInput) -> str | DocInput:
+    if isinstance(value, str) and not value.strip():
         raise ValueError("query is empty or whitespace only")
     return value
 
@@ -224,7 +224,9 @@ def _reject_blank_texts(value: str | list[str]) -> str | list[str]:
 class RerankRequest(StrictRequest):
     """Body of ``POST /rerank``: native shape, or the TEI shape when ``texts`` is given instead of ``docs``."""
 
-    query: NonEmptyText = Field(description="The search query.")
+    query: NonEmptyText | DocInput = Field(
+        description='The search query: a text, or {"text"?, "image"?} for multimodal rerankers.'
+    )
     docs: list[NonEmptyText | DocInput] | None = Field(default=None, description="Documents to score.")
     texts: list[NonEmptyText] | None = Field(default=None, description="TEI alias of docs (TEI answer).")
     instruction: str | None = Field(default=None, description="Task instruction; model default if omitted.")
@@ -264,7 +266,7 @@ class CohereRerankRequest(StrictRequest):
     """Body of ``POST /v1/rerank`` and ``/v2/rerank`` (Cohere / Jina shape)."""
 
     model: str | None = Field(default=None, description="Ignored beyond validation: one model per server.")
-    query: NonEmptyText
+    query: NonEmptyText | DocInput = Field(description='A text, or {"text"?, "image"?} for multimodal rerankers.')
     documents: list[NonEmptyText | DocInput] = Field(min_length=1, description="Documents to score.")
     top_n: int | None = Field(default=None, ge=0, description="Only the best N results.")
     return_documents: bool = Field(default=False, description="Echo each result's document text.")

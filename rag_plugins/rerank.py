@@ -51,6 +51,16 @@ def node_document(node: Any, api_style: RerankApiStyle) -> Document:
     return str(text)
 
 
+def query_document(query_bundle: Any, api_style: RerankApiStyle) -> Document:
+    """What is sent as the query: its text, plus its image (``QueryBundle.image_path``) in the native style."""
+    image_path = getattr(query_bundle, "image_path", None)
+    if api_style == "native" and image_path:
+        text = query_bundle.query_str
+        image = {"path": str(image_path)}
+        return {"text": text, "image": image} if text and text.strip() else {"image": image}
+    return str(query_bundle.query_str)
+
+
 class LocalRerank(BaseNodePostprocessor):  # type: ignore[misc, valid-type]
     """Rerank retrieved nodes with a local reranker server (Qwen3-Reranker, cross-encoders, ...).
 
@@ -99,7 +109,7 @@ class LocalRerank(BaseNodePostprocessor):  # type: ignore[misc, valid-type]
         return self._client
 
     # ----------------------------------------------------------------------------------------- helpers
-    def _start(self, nodes: list[Any], query_bundle: Any) -> tuple[str, list[Document]] | None:
+    def _start(self, nodes: list[Any], query_bundle: Any) -> tuple[Document, list[Document]] | None:
         dispatcher.event(
             ReRankStartEvent(
                 query=query_bundle, nodes=nodes, top_n=self.top_n if self.top_n is not None else len(nodes),
@@ -110,7 +120,7 @@ class LocalRerank(BaseNodePostprocessor):  # type: ignore[misc, valid-type]
             raise ValueError("Missing query bundle in extra info.")
         if not nodes:
             return None
-        return query_bundle.query_str, [node_document(n.node, self.api_style) for n in nodes]
+        return query_document(query_bundle, self.api_style), [node_document(n.node, self.api_style) for n in nodes]
 
     def _apply(self, nodes: list[Any], hits: list[RerankHit]) -> list[Any]:
         reranked = []
@@ -121,11 +131,11 @@ class LocalRerank(BaseNodePostprocessor):  # type: ignore[misc, valid-type]
             reranked.append(NodeWithScore(node=original.node, score=hit.score))
         return reranked
 
-    def _event_payload(self, nodes: list[Any], query: str) -> dict[Any, Any]:
+    def _event_payload(self, nodes: list[Any], query: Document) -> dict[Any, Any]:
         return {
             EventPayload.NODES: nodes,
             EventPayload.MODEL_NAME: self.model or "rag-serve",
-            EventPayload.QUERY_STR: query,
+            EventPayload.QUERY_STR: query if isinstance(query, str) else query.get("text", ""),
             EventPayload.TOP_K: self.top_n,
         }
 

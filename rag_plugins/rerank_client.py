@@ -69,8 +69,8 @@ class RerankClient:
             retry=RetryPolicy(max_retries=self.max_retries),
         )
 
-    def request_for(self, query: str, documents: list[Document], top_n: int | None) -> tuple[str, dict[str, Any]]:
-        """Path and JSON body of one request."""
+    def request_for(self, query: Document, documents: list[Document], top_n: int | None) -> tuple[str, dict[str, Any]]:
+        """Path and JSON body of one request (``query`` may carry an image like a document, for multimodal rerankers)."""
         if self.api_style == "native":
             body: dict[str, Any] = {"query": query, "docs": documents}
             path = "/rerank"
@@ -99,7 +99,7 @@ class RerankClient:
         hits = sorted((h for part in parts for h in part), key=lambda h: (-h.score, h.index))
         return hits if top_n is None else hits[:top_n]
 
-    def rerank(self, query: str, documents: list[Document], top_n: int | None = None) -> list[RerankHit]:
+    def rerank(self, query: Document, documents: list[Document], top_n: int | None = None) -> list[RerankHit]:
         """Score ``documents`` against ``query``; hits best first, at most ``top_n``.
 
         Raises:
@@ -113,7 +113,7 @@ class RerankClient:
         parts = [self.parse(self.http.post(*self.request_for(query, c, top_n)), i) for i, c in self._chunks(documents)]
         return self._merge(parts, top_n)
 
-    async def arerank(self, query: str, documents: list[Document], top_n: int | None = None) -> list[RerankHit]:
+    async def arerank(self, query: Document, documents: list[Document], top_n: int | None = None) -> list[RerankHit]:
         """Async :meth:`rerank`; the requests of a split call run concurrently."""
         if top_n is not None and top_n < 0:
             raise ValueError("top_n must be >= 0")

@@ -58,6 +58,20 @@ class ImageRefusedError(ServingError):
     type = "forbidden_input"
 
 
+@dataclass(frozen=True)
+class MultiModalInput:
+    """One input: a text, an image, or both (fused).
+
+    Attributes:
+        text: The text, or None.
+        image: An ``ImageInput`` as sent on the wire (checked by the server's :class:`ImagePolicy`), or a
+            PIL image (trusted, in-process callers).
+    """
+
+    text: str | None = None
+    image: Any | None = None
+
+
 def is_public_address(address: IPAddress) -> bool:
     """True when ``address`` is a routable public address (the only targets URL images may reach)."""
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:

@@ -47,6 +47,70 @@ class PreparedInput:
         return self.original_length > len(self.ids)
 
 
+def load_image_processor(model_dir: Path, min_pixels: int, max_pixels: int) -> Any:
+    """The Qwen2-VL image processor of ``model_dir`` (PIL path, no torchvision) with the server's pixel range.
+
+    The server's range wins over the file's, as GME's own code sets its own range too.
+    """
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    return Qwen2VLImageProcessorPil.from_pretrained(str(model_dir), min_pixels=min_pixels, max_pixels=max_pixels)
+
+
+def process_image(image_processor: Any, image: Image.Image) -> tuple[np.ndarray, tuple[int, int, int], int]:
+    """Pre-process one image (blocking CPU work).
+
+    Returns:
+        (pixel_values float32 (patches, C*T*P*P), the (t, h, w) patch grid, the image's token count after
+        the ``merge_size`` x ``merge_size`` merge).
+    """
+    out = image_processor(images=[image], return_tensors="pt")
+    pixel_values = out["pixel_values"].numpy().astype(np.float32, copy=False)
+    g = out["image_grid_thw"][0].tolist()
+    grid = (int(g[0]), int(g[1]), int(g[2]))
+    merge = int(image_processor.merge_size)
+    return pixel_values, grid, grid[0] * grid[1] * grid[2] // (merge**2)
+
+
+def expand_image_pads(ids: list[int], image_token_id: int, counts: list[int]) -> list[int]:
+    """Replace the k-th ``<|image_pad|>`` of ``ids`` by ``counts[k]`` copies (one per image token)."""
+    out: list[int] = []
+    k = 0
+    for t in ids:
+        if t == image_token_id:
+            out.extend([image_token_id] * counts[k])
+            k += 1
+        else:
+            out.append(t)
+    if k != len(counts):
+        raise ValueError(f"expected {len(counts)} image placeholders, found {k}")
+    return out
+
+
+def vision_model_inputs(
+    model: Any, ids: torch.Tensor, mask: torch.Tensor, image_token_id: int, pixel_values: list[np.ndarray],
+    grids: list[tuple[int, int, int]],
+) -> dict[str, Any]:
+    """Keyword inputs of a ``Qwen2VLModel`` forward for a padded batch (images in row-major order).
+
+    Position ids are computed for every batch, text-only ones included: with left padding the model's own
+    default (arange over the padded row) would shift a padded text's positions.
+    """
+    device = ids.device
+    # 1 marks image tokens: get_rope_index gives them 3-D (t, h, w) positions, text 1-D ones.
+    mm_token_type_ids = (ids == image_token_id).int()
+    extra: dict[str, Any] = {}
+    image_grid_thw = torch.tensor(grids, dtype=torch.long, device=device) if grids else None
+    if image_grid_thw is not None:
+        extra["pixel_values"] = torch.from_numpy(np.concatenate(pixel_values)).to(device)
+        extra["image_grid_thw"] = image_grid_thw
+    position_ids, _ = model.get_rope_index(ids, mm_token_type_ids, image_grid_thw=image_grid_thw, attention_mask=mask)
+    return {
+        "input_ids": ids, "attention_mask": mask, "position_ids": position_ids,
+        "mm_token_type_ids": mm_token_type_ids, "use_cache": False, **extra,
+    }
+
+
 class Qwen2VLEmbedder:
     """GME-style embedder: ``prepare`` (CPU, any thread) and ``forward`` (model thread)."""
 
@@ -55,16 +119,12 @@ class Qwen2VLEmbedder:
         min_pixels: int, max_pixels: int,
     ) -> None:
         from transformers import AutoTokenizer, Qwen2VLModel
-        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
         self.recipe = recipe
         self.placement = placement
         tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
         self._tokenizer = ThreadLocalTokenizer(tokenizer)
-        # The server's pixel range wins over the file's, as GME's own code sets its own range too.
-        self.image_processor = Qwen2VLImageProcessorPil.from_pretrained(
-            str(model_dir), min_pixels=min_pixels, max_pixels=max_pixels
-        )
+        self.image_processor = load_image_processor(model_dir, min_pixels, max_pixels)
         self.merge_size = int(self.image_processor.merge_size)
         # Typed Any: transformers' stubs type the tensors as LongTensor/IntTensor subclasses torch never returns.
         self.model: Any = cast(Any, Qwen2VLModel.from_pretrained(str(model_dir), **model_load_kwargs(placement)))
@@ -82,7 +142,7 @@ class Qwen2VLEmbedder:
         self._reserved = {self.vision_start_id, self.image_token_id, self.vision_end_id, int(config.video_token_id)}
         pad = tokenizer.pad_token_id
         self.pad_token_id = int(pad) if pad is not None else 0
-        self._streams = LaneStreams(placement)
+        self._streams = LaneStreams(placement, self.model)
 
     # --------------------------------------------------------------------------------------------- prepare
     def image_tokens(self, grid_thw: tuple[int, int, int]) -> int:
@@ -115,13 +175,8 @@ class Qwen2VLEmbedder:
         grid: tuple[int, int, int] | None = None
         n_image = 0
         if image is not None:
-            out = self.image_processor(images=[image], return_tensors="pt")
-            pixel_values = out["pixel_values"].numpy().astype(np.float32, copy=False)
-            g = out["image_grid_thw"][0].tolist()
-            grid = (int(g[0]), int(g[1]), int(g[2]))
-            n_image = self.image_tokens(grid)
-            at = ids.index(self.image_token_id)
-            ids = [*ids[:at], *([self.image_token_id] * n_image), *ids[at + 1 :]]
+            pixel_values, grid, n_image = process_image(self.image_processor, image)
+            ids = expand_image_pads(ids, self.image_token_id, [n_image])
         original = len(ids)
         if original > self.max_length:
             fixed = original - len(text_ids)
@@ -151,23 +206,8 @@ class Qwen2VLEmbedder:
         device = self.placement.device
         with self._streams.use(lane):
             ids, mask = pad_batch([p.ids for p in batch], self.pad_token_id, "left", device)
-            # 1 marks image tokens: get_rope_index gives them 3-D (t, h, w) positions, text 1-D ones.
-            mm_token_type_ids = (ids == self.image_token_id).int()
-            extra: dict[str, Any] = {}
             grids = [p.grid_thw for p in batch if p.grid_thw is not None]
-            image_grid_thw = torch.tensor(grids, dtype=torch.long, device=device) if grids else None
-            if image_grid_thw is not None:
-                pixels = np.concatenate([p.pixel_values for p in batch if p.pixel_values is not None])
-                extra["pixel_values"] = torch.from_numpy(pixels).to(device)
-                extra["image_grid_thw"] = image_grid_thw
-            # Position ids are computed for every batch, text-only ones included: with left padding the
-            # model's own default (arange over the padded row) would shift a padded text's positions.
-            position_ids, _ = self.model.get_rope_index(
-                ids, mm_token_type_ids, image_grid_thw=image_grid_thw, attention_mask=mask
-            )
-            out = self.model(
-                input_ids=ids, attention_mask=mask, position_ids=position_ids,
-                mm_token_type_ids=mm_token_type_ids, use_cache=False, **extra,
-            )
+            pixels = [p.pixel_values for p in batch if p.pixel_values is not None]
+            out = self.model(**vision_model_inputs(self.model, ids, mask, self.image_token_id, pixels, grids))
             # Left padding: the last column is every row's last real token (<|endoftext|>).
             return out.last_hidden_state[:, -1].float().cpu().numpy()

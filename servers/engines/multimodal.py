@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -20,7 +19,7 @@ from servers.backends.multimodal import PreparedInput, Qwen2VLEmbedder
 from servers.engines.base import EngineBase, check_fits_batch
 from servers.engines.embedding import EmbeddingResult, matryoshka
 from servers.errors import InvalidRequestError, ServingError
-from servers.images import ImagePolicy, load_image
+from servers.images import ImagePolicy, MultiModalInput, load_image
 from servers.metrics import ServerMetrics
 from servers.model_files import resolve_model_dir
 from servers.recipes.multimodal import resolve_multimodal_recipe
@@ -28,20 +27,7 @@ from servers.scheduler import Lane
 from servers.settings import ServerSettings
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class MultiModalInput:
-    """One input: a text, an image, or both (fused).
-
-    Attributes:
-        text: The text, or None.
-        image: An ``ImageInput`` as sent on the wire (checked by the server's :class:`ImagePolicy`), or a
-            PIL image (trusted, in-process callers).
-    """
-
-    text: str | None = None
-    image: Any | None = None
+__all__ = ["MultiModalEmbeddingEngine", "MultiModalInput"]
 
 
 class MultiModalEmbeddingEngine(EngineBase[PreparedInput, np.ndarray]):

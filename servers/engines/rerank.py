@@ -13,11 +13,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from servers.backends.device import choose_placement
+from servers.backends.multimodal_rerank import PairSide, PreparedPair, ProcessedImage, Qwen2VLPairScorer
 from servers.backends.rerank import BiEncoderScorer, EncodedInput, RerankBackend, load_reranker
 from servers.engines.base import EngineBase, check_fits_batch
-from servers.errors import InvalidRequestError, RequestTooLargeError
+from servers.errors import InvalidRequestError, RequestTooLargeError, ServingError, UnsupportedOperationError
+from servers.images import ImagePolicy, MultiModalInput, load_image
 from servers.metrics import ServerMetrics
 from servers.model_files import resolve_model_dir
 from servers.recipes.rerank import Activation, resolve_rerank_recipe
@@ -25,6 +28,9 @@ from servers.scheduler import Lane
 from servers.settings import ServerSettings
 
 logger = logging.getLogger(__name__)
+
+#: A query or document: a text, or (multimodal rerankers) a text and/or an image.
+RerankItem = str | MultiModalInput
 
 
 def activate(raw: np.ndarray, activation: Activation) -> np.ndarray:
@@ -69,7 +75,27 @@ class RerankResult(ScoreResult):
     order: list[int]
 
 
-class RerankEngine(EngineBase[EncodedInput, Any]):
+def _image_key(image: Any) -> Any:
+    """A hashable key of an image input, so one image repeated over a request is decoded once."""
+    if isinstance(image, str):
+        return image
+    if isinstance(image, dict):
+        return tuple(sorted((str(k), str(v)) for k, v in image.items()))
+    return ("object", id(image))
+
+
+def _as_text(item: RerankItem, where: str) -> str:
+    """A text-only reranker's view of an item; an image is refused with a clear 400."""
+    if isinstance(item, str):
+        return item
+    if isinstance(item, MultiModalInput):
+        if item.image is not None:
+            raise UnsupportedOperationError(f"{where} has an image; this reranker scores text only")
+        return item.text or ""
+    raise InvalidRequestError(f"{where} must be a string")
+
+
+class RerankEngine(EngineBase[Any, Any]):
     """Serve one reranker: ``await engine.rerank(query, docs)`` and ``await engine.score(pairs)``.
 
     Works without HTTP too (a notebook), with the same scores as the server::
@@ -81,10 +107,14 @@ class RerankEngine(EngineBase[EncodedInput, Any]):
 
     kind = "rerank"
 
-    def __init__(self, backend: RerankBackend, settings: ServerSettings, metrics: ServerMetrics | None = None) -> None:
+    def __init__(
+        self, backend: RerankBackend | Qwen2VLPairScorer, settings: ServerSettings, metrics: ServerMetrics | None = None,
+        policy: ImagePolicy | None = None,
+    ) -> None:
         super().__init__(settings, metrics)
         self.backend = backend
         self.recipe = backend.recipe
+        self.policy = policy or ImagePolicy.from_settings(settings)
 
     @classmethod
     def from_settings(cls, settings: ServerSettings, metrics: ServerMetrics | None = None) -> RerankEngine:
@@ -96,19 +126,30 @@ class RerankEngine(EngineBase[EncodedInput, Any]):
             "loading %s (recipe %s) on %s as %s, attention %s",
             settings.model, recipe.name, placement.device, placement.dtype_name, placement.attention,
         )
-        backend = load_reranker(model_dir, recipe, placement, settings.max_length)
+        backend: RerankBackend | Qwen2VLPairScorer
+        if recipe.accepts_images:
+            backend = Qwen2VLPairScorer(
+                model_dir, recipe, placement, settings.max_length, settings.min_pixels, settings.max_pixels
+            )
+        else:
+            backend = load_reranker(model_dir, recipe, placement, settings.max_length)
         check_fits_batch(backend.max_length, settings)
         return cls(backend, settings, metrics)
 
     # ------------------------------------------------------------------------------------------ public
+    @property
+    def accepts_images(self) -> bool:
+        """Whether queries and documents may carry images (a multimodal reranker is loaded)."""
+        return self.recipe.accepts_images
+
     @property
     def default_instruction(self) -> str | None:
         return self.settings.instruction or self.recipe.default_instruction()
 
     async def rerank(
         self,
-        query: str,
-        docs: Sequence[str],
+        query: RerankItem,
+        docs: Sequence[RerankItem],
         *,
         instruction: str | None = None,
         top_n: int | None = None,
@@ -116,11 +157,15 @@ class RerankEngine(EngineBase[EncodedInput, Any]):
     ) -> RerankResult:
         """Score ``docs`` against ``query``.
 
+        Query and documents are texts; on a multimodal reranker (``accepts_images``) each may also be a
+        :class:`~servers.images.MultiModalInput` with an image.
+
         Returns:
             Scores in input order and ``order`` (best first, at most ``top_n``).
 
         Raises:
             InvalidRequestError: no documents, empty query, or ``top_n`` < 0.
+            UnsupportedOperationError: an image sent to a text-only reranker.
             RequestTooLargeError: more documents than ``--max-client-batch``, or a pair over ``max_length``
                 with ``truncate=False``.
         """
@@ -136,24 +181,30 @@ class RerankEngine(EngineBase[EncodedInput, Any]):
         )
 
     async def score(
-        self, pairs: Sequence[tuple[str, str]], *, instruction: str | None = None, truncate: bool = True
+        self, pairs: Sequence[tuple[RerankItem, RerankItem]], *, instruction: str | None = None, truncate: bool = True
     ) -> ScoreResult:
-        """Score (query, document) pairs, in pair order.
+        """Score (query, document) pairs, in pair order (items as in :meth:`rerank`).
 
         Raises:
-            InvalidRequestError: no pairs or an empty text.
+            InvalidRequestError: no pairs, an empty text, or a bad image.
+            UnsupportedOperationError: an image sent to a text-only reranker.
+            ImageRefusedError: an image source the server's image policy forbids.
             RequestTooLargeError: too many pairs, or a pair over ``max_length`` with ``truncate=False``.
         """
         if not pairs:
             raise InvalidRequestError("no pairs to score")
         self._check_count(len(pairs), "pairs")
-        for i, (q, d) in enumerate(pairs):
-            if not isinstance(q, str) or not isinstance(d, str):
-                raise InvalidRequestError(f"pair {i}: query and document must be strings")
-            if not q.strip():
-                raise InvalidRequestError(f"pair {i}: the query is empty")
         task = instruction if instruction is not None else self.default_instruction
         backend = self.backend
+        if isinstance(backend, Qwen2VLPairScorer):
+            return await self._score_vision(backend, list(pairs), task or "", truncate)
+        text_pairs: list[tuple[str, str]] = []
+        for i, (q, d) in enumerate(pairs):
+            q_text, d_text = _as_text(q, f"pair {i}: the query"), _as_text(d, f"pair {i}: the document")
+            if not q_text.strip():
+                raise InvalidRequestError(f"pair {i}: the query is empty")
+            text_pairs.append((q_text, d_text))
+        pairs = text_pairs
         if isinstance(backend, BiEncoderScorer):
             return await self._score_bi_encoder(backend, list(pairs), instruction, truncate)
         encoded = await self._off_loop(backend.tokenize_pairs, list(pairs), task or "")
@@ -181,9 +232,62 @@ class RerankEngine(EngineBase[EncodedInput, Any]):
             "scoring": self.recipe.scoring,
             "activation": self.recipe.activation,
             "default_instruction": self.default_instruction,
+            "modalities": self.recipe.modalities,
+            **(
+                {"min_pixels": s.min_pixels, "max_pixels": s.max_pixels, "max_image_pixels": s.max_image_pixels,
+                 "image_paths": bool(s.image_root), "url_images": s.allow_url_images}
+                if self.recipe.accepts_images else {}
+            ),
         }
 
     # ----------------------------------------------------------------------------------------- internals
+    async def _score_vision(
+        self, backend: Qwen2VLPairScorer, pairs: list[tuple[RerankItem, RerankItem]], task: str, truncate: bool
+    ) -> ScoreResult:
+        for i, (q, d) in enumerate(pairs):
+            for name, item in (("query", q), ("document", d)):
+                text = item if isinstance(item, str) else item.text if isinstance(item, MultiModalInput) else None
+                image = item.image if isinstance(item, MultiModalInput) else None
+                if not isinstance(item, str | MultiModalInput):
+                    raise InvalidRequestError(f"pair {i}: the {name} must be a string or a text/image input")
+                if image is None and not (text and text.strip()):
+                    raise InvalidRequestError(f"pair {i}: the {name} has neither text nor an image")
+        # Image download/decoding, the image processor and tokenization are CPU work: off the event loop.
+        prepared = await self._off_loop(self._prepare_vision, pairs, task, truncate, stage="prepare")
+        costs = [len(p.ids) for p in prepared]
+        raw = np.asarray(await self._schedule(prepared, costs), dtype=np.float32)
+        return ScoreResult(activate(raw, self.recipe.activation), raw, sum(costs))
+
+    def _prepare_vision(
+        self, pairs: list[tuple[RerankItem, RerankItem]], task: str, truncate: bool
+    ) -> list[PreparedPair]:
+        backend = self.backend
+        assert isinstance(backend, Qwen2VLPairScorer)
+        cache: dict[Any, ProcessedImage] = {}  # the query's image is decoded once per request
+
+        def side(item: RerankItem) -> PairSide:
+            if isinstance(item, str):
+                return PairSide(text=item)
+            processed: ProcessedImage | None = None
+            if item.image is not None:
+                key = _image_key(item.image)
+                if key not in cache:
+                    image = item.image
+                    image = image.convert("RGB") if isinstance(image, Image.Image) else load_image(image, self.policy)
+                    cache[key] = backend.process_image(image)
+                processed = cache[key]
+            return PairSide(text=item.text, image=processed)
+
+        out: list[PreparedPair] = []
+        for i, (q, d) in enumerate(pairs):
+            try:
+                out.append(backend.prepare_pair(side(q), side(d), task, truncate))
+            except ServingError as exc:
+                exc.message = f"pair {i}: {exc.message}"
+                exc.args = (exc.message,)
+                raise
+        return out
+
     def _check_truncation(self, encoded: list[EncodedInput], truncate: bool, what: str) -> None:
         if truncate:
             return
@@ -215,12 +319,16 @@ class RerankEngine(EngineBase[EncodedInput, Any]):
         )
         return ScoreResult(cosine, cosine.copy(), sum(costs))
 
-    def _run_batch(self, payloads: list[EncodedInput], lane: Lane) -> list[Any]:
+    def _run_batch(self, payloads: list[Any], lane: Lane) -> list[Any]:
         return list(self.backend.forward(payloads, lane))
 
-    def _launch_batch(self, payloads: list[EncodedInput], lane: Lane) -> Callable[[], list[Any]]:
+    def _launch_batch(self, payloads: list[Any], lane: Lane) -> Callable[[], list[Any]]:
         pending = self.backend.launch(payloads, lane)
         return lambda: list(pending.result())
 
     async def _warmup(self) -> None:
+        if self.accepts_images:
+            image = Image.new("RGB", (56, 56), "gray")
+            await self.rerank("warm-up", ["warm-up", MultiModalInput(text="warm-up", image=image)])
+            return
         await self.rerank("warm-up", ["warm-up"])

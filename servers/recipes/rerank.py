@@ -4,6 +4,19 @@ A recipe is resolved from the model's own files (``config.json``, the sentence-t
 ``modules.json`` / ``config_sentence_transformers.json``, and the tokenizer's vocabulary), never from the
 model's name. The rules, first match wins:
 
+0. **Yes/no vision-language reranker** (multimodal; Qwen2-VL-based rerankers such as the Qwen-VL yes/no
+   family): ``config.json`` has ``"model_type": "qwen2_vl"`` and ``architectures`` lists a
+   ``*ForConditionalGeneration`` or ``*ForCausalLM`` class (a causal LM with an LM head), and the tokenizer maps
+   ``"yes"`` / ``"no"`` to single tokens and has the ChatML tokens and the vision tokens
+   ``<|vision_start|>`` ``<|image_pad|>`` ``<|vision_end|>``. Query and documents may each carry an image
+   (``DocInput`` ``{"text", "image"}``). The pair is formatted with :data:`QWEN3_RERANKER_TEMPLATE`, where the
+   query and the document are each ``{IMG}{text}`` with ``IMG = <|vision_start|><|image_pad|><|vision_end|>``
+   when that side has an image (the pad expanded to the image's token count from the image processor's
+   grid, as for GME); the whole prompt is tokenized at once, M-RoPE positions come from the model's
+   ``get_rope_index``, left padding, and the score is ``sigmoid(logit_yes - logit_no)`` of the last position
+   with the yes/no ids from the tokenizer. Only texts are truncated (document text first), never images.
+   Another vision-language model (``config.json`` with a ``vision_config``, e.g. ``qwen2_5_vl``,
+   ``qwen3_vl``) is refused with an error naming the supported types.
 1. **Sentence-transformers cross-encoder** (``config_sentence_transformers.json`` says
    ``"model_type": "CrossEncoder"``, or ``modules.json`` lists a ``LogitScore`` module, or ``config.json``
    carries the cross-encoder keys ``sentence_transformers`` / ``sbert_ce_default_activation_function``):
@@ -45,12 +58,15 @@ from servers.recipes.embedding import (
 
 logger = logging.getLogger(__name__)
 
-RerankKind = Literal["decoder", "cross-encoder", "bi-encoder"]
+RerankKind = Literal["decoder", "vision-decoder", "cross-encoder", "bi-encoder"]
 Activation = Literal["sigmoid", "identity", "tanh"]
 
 #: Decoder model types that can run as a last-token sequence classifier.
 _DECODER_MODEL_TYPES = frozenset({"qwen2", "qwen3", "qwen3_moe", "llama", "mistral", "gemma", "gemma2", "phi3"})
 _CHATML_TOKENS = ("<|im_start|>", "<|im_end|>")
+#: Top-level ``model_type`` values of vision-language models whose yes/no reranking this project implements.
+_VISION_MODEL_TYPES = frozenset({"qwen2_vl"})
+_VISION_TOKENS = ("<|vision_start|>", "<|image_pad|>", "<|vision_end|>")
 _ACTIVATIONS: dict[str, Activation] = {"sigmoid": "sigmoid", "identity": "identity", "tanh": "tanh"}
 
 
@@ -93,8 +109,9 @@ class RerankRecipe:
 
     Attributes:
         name: Label shown in ``/info`` (``recipe``).
-        kind: ``decoder`` (last-token head on a decoder), ``cross-encoder`` (encoder pair classifier) or
-            ``bi-encoder`` (cosine of two embeddings).
+        kind: ``decoder`` (last-token head on a decoder), ``vision-decoder`` (the same on a vision-language
+            model, images allowed), ``cross-encoder`` (encoder pair classifier) or ``bi-encoder`` (cosine of
+            two embeddings).
         scoring: Human-readable scoring rule shown in ``/info``.
         activation: Applied to the raw score (``raw_scores`` requests skip it).
         template: Prompt around the pair (decoders), else None.
@@ -117,6 +134,16 @@ class RerankRecipe:
 
     def default_instruction(self) -> str | None:
         return self.template.default_instruction if self.template is not None else None
+
+    @property
+    def accepts_images(self) -> bool:
+        """Whether queries and documents may carry images (``DocInput`` with ``image``)."""
+        return self.kind == "vision-decoder"
+
+    @property
+    def modalities(self) -> list[str]:
+        """Input kinds a query or document may be, as shown in ``/info``."""
+        return ["text", "image", "text+image"] if self.accepts_images else ["text"]
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -199,6 +226,37 @@ def _yes_no_recipe(tokenizer: Any, source: str) -> RerankRecipe | None:
     )
 
 
+def _vision_yes_no_recipe(model_dir: Path, config: dict[str, Any], tokenizer: Any | None) -> RerankRecipe | None:
+    """Rule 0: a Qwen2-VL causal LM whose tokenizer has yes/no, ChatML and vision tokens, else None."""
+    model_type = str(config.get("model_type", ""))
+    if model_type not in _VISION_MODEL_TYPES:
+        if "vision_config" in config:
+            raise ValueError(
+                f"{model_dir}: multimodal reranking is implemented for model_type "
+                f"{', '.join(sorted(_VISION_MODEL_TYPES))}; this model is {model_type!r}"
+            )
+        return None
+    archs = _architectures(config)
+    if not any(a.endswith(("ForConditionalGeneration", "ForCausalLM")) for a in archs):
+        return None
+    tokenizer = tokenizer if tokenizer is not None else _load_tokenizer(model_dir)
+    recipe = _yes_no_recipe(tokenizer, "vision-language causal LM")
+    if recipe is None or any(single_token_id(tokenizer, t) is None for t in _VISION_TOKENS):
+        raise ValueError(
+            f"{model_dir}: a {config.get('model_type')} model can rerank only when its tokenizer has single "
+            "'yes'/'no' tokens, the ChatML tokens and the vision tokens of the Qwen-VL template"
+        )
+    return RerankRecipe(
+        name="qwen-vl yes/no (qwen3-reranker template, images in the user turn)",
+        kind="vision-decoder",
+        scoring=recipe.scoring,
+        activation="sigmoid",
+        template=QWEN3_RERANKER_TEMPLATE,
+        head_token_ids=recipe.head_token_ids,
+        padding_side="left",
+    )
+
+
 def _sequence_classification_recipe(
     model_dir: Path, config: dict[str, Any], st_config: Any, tokenizer: Any | None
 ) -> RerankRecipe:
@@ -254,6 +312,10 @@ def resolve_rerank_recipe(model_dir: Path, tokenizer: Any | None = None) -> Rera
     archs = _architectures(config)
     causal = any(a.endswith("ForCausalLM") for a in archs)
     seq_cls = any(a.endswith("ForSequenceClassification") for a in archs)
+
+    vision = _vision_yes_no_recipe(model_dir, config, tokenizer)
+    if vision is not None:
+        return vision
 
     if _is_st_cross_encoder(config, st_config, module_types):
         if causal:

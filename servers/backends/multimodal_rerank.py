@@ -1,0 +1,223 @@
+"""Torch backend of yes/no vision-language reranking on the current transformers ``Qwen2VLModel``.
+
+The recipe is rule 0 of :mod:`servers.recipes.rerank`: the Qwen3-Reranker template, where the query and the
+document are each ``{IMG}{text}`` (``IMG = <|vision_start|><|image_pad|><|vision_end|>`` when that side has
+an image). Image handling is the GME backend's (:mod:`servers.backends.multimodal`): the PIL image
+processor, ``<|image_pad|>`` expanded to the image's token count from its grid, M-RoPE position ids from
+``get_rope_index`` with ``mm_token_type_ids``. Left padding; the score is read at the last position through
+the two LM-head rows ``[no, yes]`` (the 150k-wide vocabulary projection is never computed).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, cast
+
+import numpy as np
+import torch
+from PIL import Image
+
+from servers.backends.device import Placement
+from servers.backends.multimodal import (
+    expand_image_pads,
+    load_image_processor,
+    process_image,
+    vision_model_inputs,
+)
+from servers.backends.rerank import raw_from_logits
+from servers.backends.torch_runtime import (
+    HostResult,
+    LaneStreams,
+    ThreadLocalTokenizer,
+    model_load_kwargs,
+    pad_batch,
+)
+from servers.errors import InvalidRequestError, RequestTooLargeError
+from servers.recipes.multimodal import IMAGE_PAD, VISION_END, VISION_START
+from servers.recipes.rerank import RerankRecipe
+
+logger = logging.getLogger(__name__)
+
+IMAGE_PLACEHOLDER = VISION_START + IMAGE_PAD + VISION_END
+_RESERVED_STRINGS = (VISION_START, IMAGE_PAD, VISION_END, "<|video_pad|>")
+# Private-use characters that mark where the query and document go when the prompt is cut into pieces.
+_Q_MARK, _D_MARK = "\ue000", "\ue001"
+
+
+@dataclass(frozen=True)
+class ProcessedImage:
+    """An image after the image processor.
+
+    Attributes:
+        pixel_values: float32 (patches, C*T*P*P).
+        grid_thw: (t, h, w) patch grid.
+        tokens: Image tokens in the sequence (after the spatial merge).
+    """
+
+    pixel_values: np.ndarray
+    grid_thw: tuple[int, int, int]
+    tokens: int
+
+
+@dataclass(frozen=True)
+class PairSide:
+    """The query or the document of a pair: a text, a processed image, or both."""
+
+    text: str | None = None
+    image: ProcessedImage | None = None
+
+    def content(self) -> str:
+        """The side's text in the template: image placeholder first, then the text."""
+        return (IMAGE_PLACEHOLDER if self.image is not None else "") + (self.text or "")
+
+
+@dataclass(frozen=True)
+class PreparedPair:
+    """One formatted pair ready for the model.
+
+    Attributes:
+        ids: Token ids, image pads expanded.
+        pixel_values: The pair's images in sequence order (query image first).
+        grids: Their patch grids, same order.
+        original_length: Tokens before the texts were truncated.
+    """
+
+    ids: list[int]
+    pixel_values: tuple[np.ndarray, ...]
+    grids: tuple[tuple[int, int, int], ...]
+    original_length: int
+
+    @property
+    def truncated(self) -> bool:
+        return self.original_length > len(self.ids)
+
+
+class Qwen2VLPairScorer:
+    """Yes/no reranker on Qwen2-VL: ``process_image`` / ``prepare_pair`` (CPU, any thread), ``launch`` (model thread)."""
+
+    def __init__(
+        self, model_dir: Path, recipe: RerankRecipe, placement: Placement, max_length: int, min_pixels: int,
+        max_pixels: int,
+    ) -> None:
+        from transformers import AutoTokenizer, Qwen2VLForConditionalGeneration
+
+        if recipe.template is None or recipe.head_token_ids is None:
+            raise ValueError("a vision yes/no reranker recipe needs a template and the yes/no token ids")
+        self.recipe = recipe
+        self.template = recipe.template
+        self.placement = placement
+        tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+        self._tokenizer = ThreadLocalTokenizer(tokenizer)
+        self.image_processor = load_image_processor(model_dir, min_pixels, max_pixels)
+        full: Any = Qwen2VLForConditionalGeneration.from_pretrained(str(model_dir), **model_load_kwargs(placement))
+        head = full.get_output_embeddings()
+        rows = torch.tensor(list(recipe.head_token_ids), dtype=torch.long, device=head.weight.device)
+        self.head_weight = head.weight.detach().index_select(0, rows).to(placement.device, torch.float32).clone()
+        bias = getattr(head, "bias", None)
+        self.head_bias = (
+            bias.detach().index_select(0, rows).to(placement.device, torch.float32).clone() if bias is not None else None
+        )
+        # Keep the Qwen2VLModel (vision tower + decoder); the full LM head is freed with the wrapper.
+        self.model: Any = cast(Any, full.model).to(placement.device).eval()
+        config = full.config
+        del full
+        text_config = config.text_config
+        limit = int(getattr(text_config, "max_position_embeddings", max_length) or max_length)
+        tok_max = getattr(tokenizer, "model_max_length", None)
+        if isinstance(tok_max, int) and 0 < tok_max < 1_000_000:
+            limit = min(limit, tok_max)
+        self.max_length = min(max_length, limit)
+        self.image_token_id = int(config.image_token_id)
+        if tokenizer.convert_tokens_to_ids(IMAGE_PAD) != self.image_token_id:
+            raise ValueError(f"tokenizer's {IMAGE_PAD} is not the model's image_token_id {self.image_token_id}")
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.pad_token_id = int(pad) if pad is not None else 0
+        self._streams = LaneStreams(placement, self.model)
+
+    # --------------------------------------------------------------------------------------------- prepare
+    def process_image(self, image: Image.Image) -> ProcessedImage:
+        """Run the image processor on one decoded image (blocking CPU work)."""
+        pixel_values, grid, tokens = process_image(self.image_processor, image)
+        return ProcessedImage(pixel_values, grid, tokens)
+
+    def prepare_pair(self, query: PairSide, doc: PairSide, instruction: str, truncate: bool = True) -> PreparedPair:
+        """Format and tokenize one pair; only texts are truncated (document text first), never images.
+
+        Raises:
+            InvalidRequestError: a text holds vision special tokens.
+            RequestTooLargeError: the template and images alone exceed ``max_length``, or the pair does with
+                ``truncate=False``.
+        """
+        for name, side in (("query", query), ("document", doc)):
+            if side.text and any(t in side.text for t in _RESERVED_STRINGS):
+                raise InvalidRequestError(f"the {name} text may not contain vision special tokens such as {IMAGE_PAD}")
+        tok = self._tokenizer.get()
+        images = [s.image for s in (query, doc) if s.image is not None]
+        counts = [im.tokens for im in images]
+        prompt = (
+            self.template.prefix
+            + self.template.format_middle(instruction, query.content(), doc.content())
+            + self.template.suffix
+        )
+        # The whole prompt at once, as a chat template + processor call would tokenize it.
+        ids = expand_image_pads(tok(prompt, add_special_tokens=False)["input_ids"], self.image_token_id, counts)
+        original = len(ids)
+        if original > self.max_length:
+            ids = self._truncated(query, doc, instruction, original, truncate)
+        return PreparedPair(
+            ids=ids, pixel_values=tuple(im.pixel_values for im in images),
+            grids=tuple(im.grid_thw for im in images), original_length=original,
+        )
+
+    def _truncated(self, query: PairSide, doc: PairSide, instruction: str, original: int, truncate: bool) -> list[int]:
+        tok = self._tokenizer.get()
+        skeleton = self.template.prefix + self.template.format_middle(instruction, _Q_MARK, _D_MARK) + self.template.suffix
+        head, rest = skeleton.split(_Q_MARK, 1)
+        middle, tail = rest.split(_D_MARK, 1)
+
+        def encode(text: str) -> list[int]:
+            return list(tok(text, add_special_tokens=False)["input_ids"]) if text else []
+
+        def with_image(text: str, side: PairSide) -> list[int]:
+            if side.image is None:
+                return encode(text)
+            return expand_image_pads(encode(text + IMAGE_PLACEHOLDER), self.image_token_id, [side.image.tokens])
+
+        a, b, c = with_image(head, query), with_image(middle, doc), encode(tail)
+        q_ids, d_ids = encode(query.text or ""), encode(doc.text or "")
+        fixed = len(a) + len(b) + len(c)
+        if fixed > self.max_length:
+            raise RequestTooLargeError(
+                f"pair needs {fixed} tokens before its texts (template and images), over the limit of "
+                f"{self.max_length}; lower --max-pixels or raise --max-length"
+            )
+        if not truncate:
+            raise RequestTooLargeError(
+                f"pair has {original} tokens, over the limit of {self.max_length}; shorten it or send truncate=true"
+            )
+        budget = self.max_length - fixed
+        d_keep = min(len(d_ids), max(0, budget - len(q_ids)))
+        q_keep = min(len(q_ids), budget - d_keep)
+        return [*a, *q_ids[:q_keep], *b, *d_ids[:d_keep], *c]
+
+    # --------------------------------------------------------------------------------------------- forward
+    def forward(self, batch: list[PreparedPair], lane: str) -> np.ndarray:
+        """Raw scores (``logit_yes - logit_no``) of a batch. Returns float32 (n,)."""
+        return self.launch(batch, lane).result()
+
+    @torch.inference_mode()
+    def launch(self, batch: list[PreparedPair], lane: str) -> HostResult:
+        """Queue a batch's forward on the device (see :meth:`forward`)."""
+        with self._streams.use(lane):
+            ids, mask = pad_batch([p.ids for p in batch], self.pad_token_id, "left", self.placement.device)
+            pixels = [pv for p in batch for pv in p.pixel_values]
+            grids = [g for p in batch for g in p.grids]
+            out = self.model(**vision_model_inputs(self.model, ids, mask, self.image_token_id, pixels, grids))
+            # Left padding: the last column is every row's last real token.
+            last = out.last_hidden_state[:, -1].float()
+            logits = last @ self.head_weight.T
+            if self.head_bias is not None:
+                logits = logits + self.head_bias
+            return HostResult(raw_from_logits(logits))
