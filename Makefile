@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-EXTRAS ?= server,llamaindex,lightrag,milvus,demo,test
+EXTRAS ?= server,llamaindex,lightrag,milvus,demo,notebooks,test
 STAMP := $(VENV)/.rag-plugins-$(shell echo '$(EXTRAS)' | tr ',' '-')
 PYTEST_ARGS ?=
 
