@@ -14,12 +14,14 @@ $(PY):
 	$(PY) -m pip install --quiet --upgrade pip
 
 # torch first: CUDA build where a GPU driver is present, else the CPU build pinned by CI (torch==2.13.0).
-$(STAMP): pyproject.toml | $(PY)
+$(STAMP): pyproject.toml Makefile | $(PY)
 	@if ! $(PY) -c "import torch" 2>/dev/null; then \
 	  if command -v nvidia-smi >/dev/null 2>&1; then $(PY) -m pip install torch; \
 	  else $(PY) -m pip install torch==2.13.0; fi; \
 	fi
 	$(PY) -m pip install -e ".[$(EXTRAS)]"
+	@# RAG-Anything pins lightrag-hku<1.5 and mineru[core] (CUDA torch); content-list insertion needs neither.
+	$(PY) -m pip install --no-deps raganything==1.4.3
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -10,8 +10,9 @@ class RagPluginsError(Exception):
 class MissingExtraError(RagPluginsError, ImportError):
     """An optional dependency is missing; the message names the extra to install."""
 
-    def __init__(self, module: str, extra: str) -> None:
-        super().__init__(f"{module} is not installed; install it with: pip install 'rag-plugins[{extra}]'")
+    def __init__(self, module: str, extra: str, install: str | None = None) -> None:
+        command = install or f"pip install 'rag-plugins[{extra}]'"
+        super().__init__(f"{module} is not installed; install it with: {command}")
         self.module = module
         self.extra = extra
 
