@@ -42,6 +42,7 @@ from bench.server_process import get_json, rag_serve
 from rag_plugins.protocol import InputType
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+REPO_ROOT = RESULTS_DIR.parents[1]
 MINILM_ALIAS = "minilm"
 MINILM_NAME = "all-MiniLM-L6-v2"
 
@@ -254,8 +255,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=32, help="texts per request")
     parser.add_argument("--concurrency", type=int, default=8, help="requests in flight")
     parser.add_argument("--keep-identical-ids", action="store_true", help="do not drop doc id == query id hits")
-    parser.add_argument("--output", type=Path, default=None, help="JSON path (default bench/results/beir_<data>_<model>.json)")
+    parser.add_argument("--output", type=Path, default=None,
+                        help="metrics JSON path (default bench/results/beir_eval_<model>.json; no data is written)")
     args = parser.parse_args(argv)
+    if args.data.resolve().is_relative_to(REPO_ROOT):
+        # Benchmark data is read in place from outside the checkout (e.g. ../shared/data), never kept in it.
+        parser.error(f"--data {args.data} is inside the repository; read the BEIR folder from where it lives, "
+                     "e.g. ../shared/data/scifact")
 
     corpus, queries, qrels = load_beir(args.data, args.split)
     dataset = args.data.resolve().name
@@ -281,6 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     metrics = evaluate(qrels, run, ks_ndcg=(10,), ks_recall=(100,))
     result = {
         "dataset": dataset,
+        "data_dir": str(args.data),
         "split": args.split,
         "model": model_name,
         "server_info": info,
@@ -298,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
         "host": platform.node(),
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    output = args.output or RESULTS_DIR / f"beir_{_safe(dataset)}_{_safe(model_name)}.json"
+    output = args.output or RESULTS_DIR / f"beir_eval_{_safe(model_name)}.json"
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(result, indent=2) + "\n")
 
