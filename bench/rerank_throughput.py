@@ -33,21 +33,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.models import save_qwen_tokenizer
 from bench.server_process import rag_serve
+from servers.testing.qwen_tokenizer import save_qwen_tokenizer
+from servers.testing.random_models import random_qwen3_causal_lm, save_repo
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-#: Qwen3-Reranker shapes (Qwen3-0.6B / Qwen3-4B with the LM head; the 0.6B ties it to the embeddings).
-RERANKER_SHAPES: dict[str, dict[str, Any]] = {
-    "0.6b": dict(hidden_size=1024, num_hidden_layers=28, num_attention_heads=16, num_key_value_heads=8,
-                 head_dim=128, intermediate_size=3072, tie_word_embeddings=True),
-    "4b": dict(hidden_size=2560, num_hidden_layers=36, num_attention_heads=32, num_key_value_heads=8,
-               head_dim=128, intermediate_size=9728, tie_word_embeddings=False),
-    "tiny": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                 head_dim=16, intermediate_size=128, tie_word_embeddings=True),
-}
-QWEN3_VOCAB_SIZE = 151669
-ENDOFTEXT_ID = 151643
+#: LM-head tying per shape (the 0.6B ties it to the embeddings); widths and depths: QWEN3_SHAPES.
+TIED_LM_HEAD: dict[str, bool] = {"0.6b": True, "4b": False, "tiny": True}
 _WORDS = (
     "the", "river", "stone", "capital", "engine", "quantum", "bread", "mountain", "silver", "ocean", "garden",
     "planet", "market", "energy", "system", "water", "light", "music", "paper", "window", "forest", "city",
@@ -80,29 +72,9 @@ class ShapeResult:
 # ---------------------------------------------------------------------------------------------- model
 def build_reranker(target: Path, shape: str, tokenizer_dir: Path, device: str, dtype: str) -> Any:
     """Random-weight ``Qwen3ForCausalLM`` of ``shape`` saved as a Qwen3-Reranker repository; returns the model."""
-    import torch
-    from transformers import Qwen3Config, Qwen3ForCausalLM
-
-    torch.manual_seed(0)
-    values: dict[str, Any] = dict(
-        vocab_size=QWEN3_VOCAB_SIZE, max_position_embeddings=40960, rms_norm_eps=1e-6, rope_theta=1_000_000.0,
-        bos_token_id=ENDOFTEXT_ID, eos_token_id=ENDOFTEXT_ID, pad_token_id=ENDOFTEXT_ID,
-        architectures=["Qwen3ForCausalLM"], dtype=dtype, **RERANKER_SHAPES[shape],
-    )
-    config = Qwen3Config(**values)
-    torch_dtype = getattr(torch, dtype)
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch_dtype)
-    try:
-        with torch.device(device):
-            model = Qwen3ForCausalLM(config).eval()
-    finally:
-        torch.set_default_dtype(previous)
-    target.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(target))
-    for f in tokenizer_dir.iterdir():
-        if f.is_file():
-            shutil.copy(f, target / f.name)
+    model = random_qwen3_causal_lm(shape, device=device, dtype=dtype, seed=0,
+                                   tie_word_embeddings=TIED_LM_HEAD[shape])
+    save_repo(model, target, tokenizer_dir)
     return model
 
 

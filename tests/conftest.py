@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.qwen_tokenizer import save_qwen_tokenizer
-from tests.support.tiny_models import minilm_dir, save_tiny_qwen3_causal_lm, save_tiny_qwen3_embedding
+from servers.testing.qwen_tokenizer import save_qwen_tokenizer
+from servers.testing.random_models import minilm_dir, save_qwen3_embedding, save_qwen3_reranker
 
 
 @pytest.fixture(scope="session")
@@ -24,7 +24,7 @@ def qwen_tokenizer_plain_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_qwen3_embedding(tmp_path_factory: pytest.TempPathFactory, qwen_tokenizer_dir: Path) -> Path:
-    return save_tiny_qwen3_embedding(tmp_path_factory.mktemp("tiny-qwen3-emb"), qwen_tokenizer_dir)
+    return save_qwen3_embedding(tmp_path_factory.mktemp("tiny-qwen3-emb"), qwen_tokenizer_dir)
 
 
 @pytest.fixture(scope="session")
@@ -32,12 +32,12 @@ def tiny_qwen3_embedding_plain_tokenizer(
     tmp_path_factory: pytest.TempPathFactory, qwen_tokenizer_plain_dir: Path
 ) -> Path:
     """Same weights (same seed) as ``tiny_qwen3_embedding``, tokenizer without the EOS post-processor."""
-    return save_tiny_qwen3_embedding(tmp_path_factory.mktemp("tiny-qwen3-emb-plain"), qwen_tokenizer_plain_dir)
+    return save_qwen3_embedding(tmp_path_factory.mktemp("tiny-qwen3-emb-plain"), qwen_tokenizer_plain_dir)
 
 
 @pytest.fixture(scope="session")
 def tiny_qwen3_causal_lm(tmp_path_factory: pytest.TempPathFactory, qwen_tokenizer_plain_dir: Path) -> Path:
-    return save_tiny_qwen3_causal_lm(tmp_path_factory.mktemp("tiny-qwen3-lm"), qwen_tokenizer_plain_dir)
+    return save_qwen3_reranker(tmp_path_factory.mktemp("tiny-qwen3-lm"), qwen_tokenizer_plain_dir)
 
 
 @pytest.fixture(scope="session")

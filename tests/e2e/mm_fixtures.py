@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from servers.testing.random_models import save_gme_qwen2_vl
 from tests.support.serve import rag_serve
-from tests.support.tiny_models import save_tiny_gme_qwen2_vl
 
 #: Small pixel range so images give 4..64 tokens on the toy model (the real default is 256..1280 x 28²).
 MM_MIN_PIXELS = 4 * 28 * 28
@@ -31,7 +31,7 @@ def png_bytes(size: tuple[int, int], seed: int = 0) -> bytes:
 
 @pytest.fixture(scope="session")
 def tiny_gme(tmp_path_factory: pytest.TempPathFactory, qwen_tokenizer_plain_dir: Path) -> Path:
-    return save_tiny_gme_qwen2_vl(tmp_path_factory.mktemp("tiny-gme"), qwen_tokenizer_plain_dir)
+    return save_gme_qwen2_vl(tmp_path_factory.mktemp("tiny-gme"), qwen_tokenizer_plain_dir)
 
 
 @pytest.fixture(scope="session")

@@ -19,9 +19,9 @@ import pytest
 import requests
 from PIL import Image
 
+from servers.testing.random_models import save_qwen2_vl_reranker
 from tests.e2e.mm_fixtures import MM_MAX_PIXELS, MM_MIN_PIXELS, png_bytes
 from tests.support.serve import rag_serve
-from tests.support.tiny_models import save_tiny_qwen2_vl_reranker
 
 DEFAULT_TASK = "Given a web search query, retrieve relevant passages that answer the query"
 SIZES = [(60, 40), (200, 120), (33, 97), (90, 90)]
@@ -84,7 +84,7 @@ class VlRerankReference:
 
 @pytest.fixture(scope="module")
 def tiny_vl_reranker(tmp_path_factory: pytest.TempPathFactory, qwen_tokenizer_plain_dir: Path) -> Path:
-    return save_tiny_qwen2_vl_reranker(tmp_path_factory.mktemp("tiny-vl-reranker"), qwen_tokenizer_plain_dir)
+    return save_qwen2_vl_reranker(tmp_path_factory.mktemp("tiny-vl-reranker"), qwen_tokenizer_plain_dir)
 
 
 @pytest.fixture(scope="module")

