@@ -202,7 +202,7 @@ def create_app(
     )
     routers = [common.router]
     if settings.kind == "embed":
-        routers.append(embedding.router)
+        routers += [embedding.text_router, embedding.router]
     elif settings.kind == "rerank":
         from servers.routes import rerank
 
@@ -210,7 +210,7 @@ def create_app(
     elif settings.kind == "mm-embed":
         from servers.routes import multimodal
 
-        routers.append(multimodal.router)
+        routers += [embedding.text_router, multimodal.router]
     for router in routers:
         app.include_router(router)
 

@@ -27,6 +27,35 @@ def encode_vectors(vectors: np.ndarray, encoding_format: EncodingFormat) -> np.n
     return vectors
 
 
+def native_embedding_response(result: Any, model: str, encoding_format: EncodingFormat) -> FastJSONResponse:
+    """``/embed`` and ``/embed_image`` answer: ``{"embeddings", "dim", "model", "usage"}``.
+
+    Args:
+        result: An engine's ``EmbeddingResult`` (``vectors`` float32 (n, dim), ``prompt_tokens``).
+    """
+    return FastJSONResponse(
+        {
+            "embeddings": encode_vectors(result.vectors, encoding_format),
+            "dim": int(result.vectors.shape[1]),
+            "model": model,
+            "usage": {"prompt_tokens": result.prompt_tokens, "total_tokens": result.prompt_tokens},
+        }
+    )
+
+
+def openai_embedding_response(result: Any, model: str, encoding_format: EncodingFormat) -> FastJSONResponse:
+    """``/v1/embeddings`` answer in the OpenAI shape (``data[i].embedding`` float list or base64)."""
+    encoded = encode_vectors(result.vectors, encoding_format)
+    return FastJSONResponse(
+        {
+            "object": "list",
+            "data": [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(encoded)],
+            "model": model,
+            "usage": {"prompt_tokens": result.prompt_tokens, "total_tokens": result.prompt_tokens},
+        }
+    )
+
+
 def error_response(status: int, message: str, error_type: str, headers: dict[str, str] | None = None) -> FastJSONResponse:
     """The one error shape: ``{"error": {"message", "type", "code"}}``."""
     return FastJSONResponse(

@@ -117,22 +117,18 @@ class HybridRetriever(BaseRetriever):  # type: ignore[misc, valid-type]
         image_limit: int | None = None, filters: Filter = None, rerank: bool = True,
     ) -> list[Any]:
         """:meth:`retrieve` with per-query overrides of fusion, k, weights, limits and filters."""
-        bundle = query if isinstance(query, QueryBundle) else QueryBundle(query_str=query)
-        overrides = self._overrides(fusion=fusion, rrf_k=rrf_k, weights=weights, top_k=top_k,
-                                    text_limit=text_limit, image_limit=image_limit, filters=filters)
-        # Embed on the clients' shared background loop (works inside Jupyter too).
-        text_vec, image_vec = run_sync(self.aembed_query(bundle.query_str))
-        nodes = self._search(text_vec, image_vec, overrides)
-        if rerank and self.reranker is not None:
-            nodes = self.reranker.postprocess_nodes(nodes, query_bundle=bundle)
-        return nodes
+        # The async path on the clients' shared background loop (works inside Jupyter too).
+        return run_sync(self.aretrieve_with(
+            query, fusion=fusion, rrf_k=rrf_k, weights=weights, top_k=top_k, text_limit=text_limit,
+            image_limit=image_limit, filters=filters, rerank=rerank,
+        ))
 
     async def aretrieve_with(
         self, query: str | Any, *, fusion: str | None = None, rrf_k: int | None = None,
         weights: tuple[float, float] | None = None, top_k: int | None = None, text_limit: int | None = None,
         image_limit: int | None = None, filters: Filter = None, rerank: bool = True,
     ) -> list[Any]:
-        """Async :meth:`retrieve_with`."""
+        """Per-query overrides of fusion, k, weights, limits and filters (async)."""
         bundle = query if isinstance(query, QueryBundle) else QueryBundle(query_str=query)
         overrides = self._overrides(fusion=fusion, rrf_k=rrf_k, weights=weights, top_k=top_k,
                                     text_limit=text_limit, image_limit=image_limit, filters=filters)

@@ -19,7 +19,13 @@ from PIL import Image
 
 from rag_plugins.protocol import InputType
 from servers.backends.device import Placement
-from servers.backends.torch_runtime import LaneStreams, ThreadLocalTokenizer, model_load_kwargs, pad_batch
+from servers.backends.torch_runtime import (
+    HostResult,
+    LaneStreams,
+    ThreadLocalTokenizer,
+    model_load_kwargs,
+    pad_batch,
+)
 from servers.errors import InvalidRequestError, RequestTooLargeError
 from servers.recipes.multimodal import IMAGE_PAD, VISION_END, VISION_START, MultiModalRecipe
 
@@ -200,9 +206,13 @@ class Qwen2VLEmbedder:
         return PreparedInput(ids=ids, pixel_values=pixel_values, grid_thw=grid, original_length=original)
 
     # --------------------------------------------------------------------------------------------- forward
-    @torch.inference_mode()
     def forward(self, batch: list[PreparedInput], lane: str) -> np.ndarray:
         """Embed a batch. Returns float32 (n, dim), not normalised."""
+        return self.launch(batch, lane).result()
+
+    @torch.inference_mode()
+    def launch(self, batch: list[PreparedInput], lane: str) -> HostResult:
+        """Queue a batch's forward on the device (see :meth:`forward`)."""
         device = self.placement.device
         with self._streams.use(lane):
             ids, mask = pad_batch([p.ids for p in batch], self.pad_token_id, "left", device)
@@ -210,4 +220,4 @@ class Qwen2VLEmbedder:
             pixels = [p.pixel_values for p in batch if p.pixel_values is not None]
             out = self.model(**vision_model_inputs(self.model, ids, mask, self.image_token_id, pixels, grids))
             # Left padding: the last column is every row's last real token (<|endoftext|>).
-            return out.last_hidden_state[:, -1].float().cpu().numpy()
+            return HostResult(out.last_hidden_state[:, -1].float())

@@ -7,10 +7,13 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Generic, TypeVar
+from pathlib import Path
+from typing import Any, Generic, Protocol, TypeVar
 
+from servers.backends.device import Placement, choose_placement
 from servers.errors import NotReadyError, RequestTooLargeError
 from servers.metrics import ServerMetrics
+from servers.model_files import resolve_model_dir
 from servers.scheduler import BatchLimits, Lane, TokenBudgetScheduler
 from servers.settings import ServerSettings
 
@@ -33,6 +36,32 @@ def check_fits_batch(max_length: int, settings: ServerSettings) -> None:
         )
 
 
+class NamedRecipe(Protocol):
+    """Any recipe: frozen dataclasses with a ``name`` shown in logs and ``/info``."""
+
+    @property
+    def name(self) -> str: ...
+
+
+RecipeT = TypeVar("RecipeT", bound=NamedRecipe)
+
+
+def place_model(settings: ServerSettings, resolve_recipe: Callable[[Path], RecipeT]) -> tuple[Path, RecipeT, Placement]:
+    """Locate the model's files, resolve its recipe from them and choose device, dtype and attention.
+
+    Returns:
+        The local model directory (a Hub ID is downloaded once), the recipe, and the placement.
+    """
+    model_dir = resolve_model_dir(settings.model)
+    recipe = resolve_recipe(model_dir)
+    placement = choose_placement(settings.device, settings.dtype, settings.attention)
+    logger.info(
+        "loading %s (recipe %s) on %s as %s, attention %s",
+        settings.model, recipe.name, placement.device, placement.dtype_name, placement.attention,
+    )
+    return model_dir, recipe, placement
+
+
 class EngineBase(Generic[P, R]):
     """Owns the scheduler, the tokenizer thread pool and the ready flag of one model.
 
@@ -41,6 +70,8 @@ class EngineBase(Generic[P, R]):
     """
 
     kind: str = "base"
+    #: The torch backend: ``forward(batch, lane)``, ``launch(batch, lane).result()`` and ``placement``.
+    backend: Any
 
     def __init__(self, settings: ServerSettings, metrics: ServerMetrics | None = None) -> None:
         self.settings = settings
@@ -98,23 +129,17 @@ class EngineBase(Generic[P, R]):
 
     # ------------------------------------------------------------------------------------------- helpers
     def _run_batch(self, payloads: list[P], lane: Lane) -> Sequence[R]:
-        raise NotImplementedError
+        """Run one batch in the lane's model thread: one result per payload (the backend's ``forward``)."""
+        return list(self.backend.forward(payloads, lane))
 
     def _launch_batch(self, payloads: list[P], lane: Lane) -> Callable[[], Sequence[R]]:
-        """Queue a batch on the device and return a function that collects its results.
-
-        The default runs the batch at once; engines on asynchronous devices override it.
-        """
-        results = self._run_batch(payloads, lane)
-        return lambda: results
+        """Queue a batch on the device (the backend's ``launch``); the returned function collects it."""
+        pending = self.backend.launch(payloads, lane)
+        return lambda: list(pending.result())
 
     def _pipelines(self) -> bool:
-        """Whether the bulk lane should keep a batch in flight (engines on CUDA backends)."""
-        if type(self)._launch_batch is EngineBase._launch_batch:
-            return False  # the default launch runs synchronously: pipelining would only delay answers
-        backend = getattr(self, "backend", None)
-        placement = getattr(backend, "placement", None)
-        return placement is not None and placement.device.type == "cuda"
+        """Whether the bulk lane keeps a batch in flight: only on CUDA, where ``launch`` returns early."""
+        return self.backend.placement.device.type == "cuda"
 
     async def _warmup(self) -> None:
         raise NotImplementedError

@@ -2,25 +2,19 @@
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from rag_plugins.protocol import InputType
-from servers.backends.device import choose_placement
 from servers.backends.text_embedding import TextEmbeddingBackend, TokenizedText, load_text_embedder
-from servers.engines.base import EngineBase, check_fits_batch
+from servers.engines.base import EngineBase, check_fits_batch, place_model
 from servers.errors import InvalidRequestError, RequestTooLargeError
 from servers.metrics import ServerMetrics
-from servers.model_files import resolve_model_dir
 from servers.recipes.embedding import resolve_embedding_recipe
-from servers.scheduler import Lane
 from servers.settings import ServerSettings
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -80,13 +74,7 @@ class EmbeddingEngine(EngineBase[list[int], np.ndarray]):
     @classmethod
     def from_settings(cls, settings: ServerSettings, metrics: ServerMetrics | None = None) -> EmbeddingEngine:
         """Load the model named by ``settings.model`` onto ``settings.device`` (blocking)."""
-        model_dir = resolve_model_dir(settings.model)
-        recipe = resolve_embedding_recipe(model_dir)
-        placement = choose_placement(settings.device, settings.dtype, settings.attention)
-        logger.info(
-            "loading %s (recipe %s) on %s as %s, attention %s",
-            settings.model, recipe.name, placement.device, placement.dtype_name, placement.attention,
-        )
+        model_dir, recipe, placement = place_model(settings, resolve_embedding_recipe)
         backend = load_text_embedder(model_dir, recipe, placement, settings.max_length, settings.last_token_padding)
         check_fits_batch(backend.max_length, settings)
         return cls(backend, settings, metrics)
@@ -185,14 +173,6 @@ class EmbeddingEngine(EngineBase[list[int], np.ndarray]):
         rows = await self._schedule(ids, costs)
         vectors = matryoshka(np.stack(rows), dimensions, normalize)
         return EmbeddingResult(vectors=vectors, prompt_tokens=sum(costs))
-
-    def _run_batch(self, payloads: list[list[int]], lane: Lane) -> list[np.ndarray]:
-        pooled = self.backend.forward(payloads, lane)
-        return list(pooled)
-
-    def _launch_batch(self, payloads: list[list[int]], lane: Lane) -> Callable[[], list[np.ndarray]]:
-        pending = self.backend.launch(payloads, lane)
-        return lambda: list(pending.result())
 
     async def _warmup(self) -> None:
         await self.embed(["warm-up"], input_type="query")

@@ -6,7 +6,6 @@ its image tokens, so the token budget bounds image batches too.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -14,19 +13,15 @@ import numpy as np
 from PIL import Image
 
 from rag_plugins.protocol import InputType
-from servers.backends.device import choose_placement
 from servers.backends.multimodal import PreparedInput, Qwen2VLEmbedder
-from servers.engines.base import EngineBase, check_fits_batch
+from servers.engines.base import EngineBase, check_fits_batch, place_model
 from servers.engines.embedding import EmbeddingResult, matryoshka
 from servers.errors import InvalidRequestError, ServingError
 from servers.images import ImagePolicy, MultiModalInput, load_image
 from servers.metrics import ServerMetrics
-from servers.model_files import resolve_model_dir
 from servers.recipes.multimodal import resolve_multimodal_recipe
-from servers.scheduler import Lane
 from servers.settings import ServerSettings
 
-logger = logging.getLogger(__name__)
 __all__ = ["MultiModalEmbeddingEngine", "MultiModalInput"]
 
 
@@ -48,11 +43,7 @@ class MultiModalEmbeddingEngine(EngineBase[PreparedInput, np.ndarray]):
         cls, settings: ServerSettings, metrics: ServerMetrics | None = None
     ) -> MultiModalEmbeddingEngine:
         """Load the model named by ``settings.model`` onto ``settings.device`` (blocking)."""
-        model_dir = resolve_model_dir(settings.model)
-        recipe = resolve_multimodal_recipe(model_dir)
-        placement = choose_placement(settings.device, settings.dtype, settings.attention)
-        logger.info("loading %s (recipe %s) on %s as %s", settings.model, recipe.name, placement.device,
-                    placement.dtype_name)
+        model_dir, recipe, placement = place_model(settings, resolve_multimodal_recipe)
         backend = Qwen2VLEmbedder(
             model_dir, recipe, placement, settings.max_length, settings.min_pixels, settings.max_pixels
         )
@@ -152,9 +143,6 @@ class MultiModalEmbeddingEngine(EngineBase[PreparedInput, np.ndarray]):
                 exc.args = (exc.message,)
                 raise
         return out
-
-    def _run_batch(self, payloads: list[PreparedInput], lane: Lane) -> list[np.ndarray]:
-        return list(self.backend.forward(payloads, lane))
 
     async def _warmup(self) -> None:
         image = Image.new("RGB", (56, 56), "gray")

@@ -7,27 +7,21 @@ share batches. Scores do not depend on batch composition (see ``servers.backends
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from servers.backends.device import choose_placement
 from servers.backends.multimodal_rerank import PairSide, PreparedPair, ProcessedImage, Qwen2VLPairScorer
 from servers.backends.rerank import BiEncoderScorer, EncodedInput, RerankBackend, load_reranker
-from servers.engines.base import EngineBase, check_fits_batch
+from servers.engines.base import EngineBase, check_fits_batch, place_model
 from servers.errors import InvalidRequestError, RequestTooLargeError, ServingError, UnsupportedOperationError
 from servers.images import ImagePolicy, MultiModalInput, load_image
 from servers.metrics import ServerMetrics
-from servers.model_files import resolve_model_dir
 from servers.recipes.rerank import Activation, resolve_rerank_recipe
-from servers.scheduler import Lane
 from servers.settings import ServerSettings
-
-logger = logging.getLogger(__name__)
 
 #: A query or document: a text, or (multimodal rerankers) a text and/or an image.
 RerankItem = str | MultiModalInput
@@ -119,13 +113,7 @@ class RerankEngine(EngineBase[Any, Any]):
     @classmethod
     def from_settings(cls, settings: ServerSettings, metrics: ServerMetrics | None = None) -> RerankEngine:
         """Load the model named by ``settings.model`` onto ``settings.device`` (blocking)."""
-        model_dir = resolve_model_dir(settings.model)
-        recipe = resolve_rerank_recipe(model_dir)
-        placement = choose_placement(settings.device, settings.dtype, settings.attention)
-        logger.info(
-            "loading %s (recipe %s) on %s as %s, attention %s",
-            settings.model, recipe.name, placement.device, placement.dtype_name, placement.attention,
-        )
+        model_dir, recipe, placement = place_model(settings, resolve_rerank_recipe)
         backend: RerankBackend | Qwen2VLPairScorer
         if recipe.accepts_images:
             backend = Qwen2VLPairScorer(
@@ -318,13 +306,6 @@ class RerankEngine(EngineBase[Any, Any]):
             [float(vectors[q_row[q]] @ vectors[d_row[d]]) for q, d in pairs], dtype=np.float32
         )
         return ScoreResult(cosine, cosine.copy(), sum(costs))
-
-    def _run_batch(self, payloads: list[Any], lane: Lane) -> list[Any]:
-        return list(self.backend.forward(payloads, lane))
-
-    def _launch_batch(self, payloads: list[Any], lane: Lane) -> Callable[[], list[Any]]:
-        pending = self.backend.launch(payloads, lane)
-        return lambda: list(pending.result())
 
     async def _warmup(self) -> None:
         if self.accepts_images:

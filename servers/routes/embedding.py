@@ -5,13 +5,16 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 
 from rag_plugins.protocol import EmbedRequest, OpenAIEmbeddingRequest
-from servers.responses import FastJSONResponse, encode_vectors
+from servers.responses import FastJSONResponse, native_embedding_response, openai_embedding_response
 from servers.routes.context import engine_of, unless_disconnected
 
+#: ``/embed``: served by text and multimodal embedding servers alike (texts into the model's space).
+text_router = APIRouter()
+#: ``/v1/embeddings`` with string or token-array input (text embedding servers).
 router = APIRouter()
 
 
-@router.post("/embed")
+@text_router.post("/embed")
 async def embed(body: EmbedRequest, request: Request) -> FastJSONResponse:
     engine = engine_of(request)
     result = await unless_disconnected(
@@ -25,14 +28,7 @@ async def embed(body: EmbedRequest, request: Request) -> FastJSONResponse:
             truncate=body.truncate,
         ),
     )
-    return FastJSONResponse(
-        {
-            "embeddings": encode_vectors(result.vectors, body.encoding_format),
-            "dim": result.dim,
-            "model": engine.settings.model_name,
-            "usage": {"prompt_tokens": result.prompt_tokens, "total_tokens": result.prompt_tokens},
-        }
-    )
+    return native_embedding_response(result, engine.settings.model_name, body.encoding_format)
 
 
 @router.post("/v1/embeddings")
@@ -44,12 +40,4 @@ async def openai_embeddings(body: OpenAIEmbeddingRequest, request: Request) -> F
     else:
         work = engine.embed_token_ids(items, dimensions=body.dimensions)
     result = await unless_disconnected(request, work)
-    encoded = encode_vectors(result.vectors, body.encoding_format)
-    return FastJSONResponse(
-        {
-            "object": "list",
-            "data": [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(encoded)],
-            "model": engine.settings.model_name,
-            "usage": {"prompt_tokens": result.prompt_tokens, "total_tokens": result.prompt_tokens},
-        }
-    )
+    return openai_embedding_response(result, engine.settings.model_name, body.encoding_format)

@@ -10,15 +10,8 @@ import pytest
 
 from rag_plugins import EmbeddingClient, LocalEmbedding
 from tests.support.embed_http import embed, max_abs_diff
+from tests.support.planets import MARS, PLANETS, QUERY
 
-QUERY = "Which planet is known as the Red Planet?"
-PLANETS = [
-    "Venus is often called Earth's twin because of its similar size and proximity.",
-    "Mars, known for its reddish appearance, is often referred to as the Red Planet.",
-    "Jupiter, the largest planet in our solar system, has a prominent red spot.",
-    "Saturn, famous for its rings, is sometimes mistaken for the Red Planet.",
-]
-MARS = PLANETS[1]
 QWEN_TASK = "Given a web search query, retrieve relevant passages that answer the query"
 TOL = 1e-5
 

@@ -9,16 +9,9 @@ import pytest
 import requests
 
 from tests.support.embed_http import embed, embed_openai, max_abs_diff
+from tests.support.planets import MINILM_REFERENCE_COSINES, PLANETS, QUERY
 
-QUERY = "Which planet is known as the Red Planet?"
-PLANETS = [
-    "Venus is often called Earth's twin because of its similar size and proximity.",
-    "Mars, known for its reddish appearance, is often referred to as the Red Planet.",
-    "Jupiter, the largest planet in our solar system, has a prominent red spot.",
-    "Saturn, famous for its rings, is sometimes mistaken for the Red Planet.",
-]
 #: Cosine similarities published in the sentence-transformers docs for this model and these texts.
-REFERENCE_COSINES = [0.4637, 0.8121, 0.7283, 0.7505]
 
 
 def test_red_planet_cosines(minilm_server: str) -> None:
@@ -26,7 +19,7 @@ def test_red_planet_cosines(minilm_server: str) -> None:
     docs = embed(minilm_server, PLANETS, input_type="document")
     np.testing.assert_allclose(np.linalg.norm(docs, axis=1), 1.0, atol=1e-5)
     cosines = docs @ q / (np.linalg.norm(docs, axis=1) * np.linalg.norm(q))
-    np.testing.assert_allclose(cosines, REFERENCE_COSINES, atol=0.002)
+    np.testing.assert_allclose(cosines, MINILM_REFERENCE_COSINES, atol=0.002)
     assert int(np.argmax(cosines)) == 1
 
 

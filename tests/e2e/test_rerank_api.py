@@ -9,14 +9,7 @@ import pytest
 import requests
 
 from tests.e2e.rerank_fixtures import RERANK_MAX_CLIENT_BATCH, RERANK_MODEL_NAME
-
-QUERY = "Which planet is known as the Red Planet?"
-PLANETS = [
-    "Venus is often called Earth's twin because of its similar size and proximity.",
-    "Mars, known for its reddish appearance, is often referred to as the Red Planet.",
-    "Jupiter, the largest planet in our solar system, has a prominent red spot.",
-    "Saturn, famous for its rings, is sometimes mistaken for the Red Planet.",
-]
+from tests.support.planets import MINILM_REFERENCE_COSINES, PLANETS, QUERY
 
 
 def post(base: str, path: str, body: Any) -> requests.Response:
@@ -147,9 +140,9 @@ def test_bi_encoder_reranks_by_cosine(minilm_rerank_server: str) -> None:
     info = requests.get(minilm_rerank_server + "/info", timeout=10).json()
     assert info["scoring"] == "cosine (bi-encoder)"
     body = post(minilm_rerank_server, "/rerank", {"query": QUERY, "docs": PLANETS}).json()
-    np.testing.assert_allclose(body["scores"], [0.4637, 0.8121, 0.7283, 0.7505], atol=1e-3)
+    np.testing.assert_allclose(body["scores"], MINILM_REFERENCE_COSINES, atol=0.002)
     assert body["order"] == [1, 3, 2, 0]
     cohere = post(minilm_rerank_server, "/v1/rerank", {"query": QUERY, "documents": PLANETS, "top_n": 1}).json()
     assert cohere["results"][0]["index"] == 1
     pairs = post(minilm_rerank_server, "/score", {"queries": [QUERY, QUERY], "documents": PLANETS[:2]}).json()
-    np.testing.assert_allclose([d["score"] for d in pairs["data"]], [0.4637, 0.8121], atol=1e-3)
+    np.testing.assert_allclose([d["score"] for d in pairs["data"]], MINILM_REFERENCE_COSINES[:2], atol=0.002)

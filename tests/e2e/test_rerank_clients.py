@@ -15,13 +15,11 @@ import requests
 from integrations.lightrag import embedding_func, rerank_model_func
 from rag_plugins.errors import ServerResponseError
 from rag_plugins.rerank_client import RerankClient
+from tests.support.planets import PLANETS as FOUR_PLANETS
+from tests.support.planets import QUERY
 
-QUERY = "Which planet is known as the Red Planet?"
 PLANETS = [
-    "Venus is often called Earth's twin because of its similar size and proximity.",
-    "Mars, known for its reddish appearance, is often referred to as the Red Planet.",
-    "Jupiter, the largest planet in our solar system, has a prominent red spot.",
-    "Saturn, famous for its rings, is sometimes mistaken for the Red Planet.",
+    *FOUR_PLANETS,
     "Mercury is the smallest planet and the closest to the Sun.",
     "Neptune is a cold, blue ice giant far from the Sun.",
 ]

@@ -1,0 +1,43 @@
+"""The embedding engine in-process: preparation lanes and both last-token padding modes."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from servers.engines.embedding import EmbeddingEngine
+from servers.settings import ServerSettings
+
+TEXTS = ["short", "a somewhat longer text about vectors and batches", "x " * 40, "Which planet is red?"]
+
+
+def _engine(model: Path, **overrides: object) -> EmbeddingEngine:
+    return EmbeddingEngine.from_settings(ServerSettings(model=str(model), device="cpu", **overrides))  # type: ignore[arg-type]
+
+
+async def test_small_requests_are_prepared_on_the_priority_thread(tiny_qwen3_embedding: Path) -> None:
+    engine = _engine(tiny_qwen3_embedding, priority_max_items=2, warmup=False)
+
+    def thread_name(items: list[str]) -> str:
+        return threading.current_thread().name
+
+    async with engine:
+        small = await engine._off_loop(thread_name, ["one query"])
+        bulk = await engine._off_loop(thread_name, ["a", "b", "c"])
+    assert small.startswith("tokenize-priority_")
+    assert bulk.startswith("tokenize_")
+
+
+async def test_left_and_right_padding_give_the_same_vectors(tiny_qwen3_embedding: Path) -> None:
+    """Right padding without a mask (default) and the card's left padding + mask agree for mixed lengths."""
+    right = _engine(tiny_qwen3_embedding, last_token_padding="right")
+    left = _engine(tiny_qwen3_embedding, last_token_padding="left")
+    assert right.backend.padding == "right"  # type: ignore[attr-defined]
+    assert left.backend.padding == "left"  # type: ignore[attr-defined]
+    async with right:
+        r = (await right.embed(TEXTS)).vectors
+    async with left:
+        lv = (await left.embed(TEXTS)).vectors
+    np.testing.assert_allclose(r, lv, atol=1e-5)
