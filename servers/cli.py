@@ -50,8 +50,10 @@ FLAG_HELP: dict[str, str] = {
     "max_image_bytes": "mm-embed: max encoded size of one image in bytes",
     "max_image_pixels": "mm-embed: max width*height of one image, checked before decoding (decompression bombs)",
     "url_timeout_s": "mm-embed: max seconds to download one image URL, redirects included",
-    "min_pixels": "mm-embed: images smaller than this are upscaled for the model (multiples of 28)",
-    "max_pixels": "mm-embed: images larger than this are downscaled for the model (bounds image tokens)",
+    "min_pixels": "mm-embed/multimodal rerank: images smaller than this area are upscaled for the model "
+                  "(default: the recipe's, GME 256*28*28, Qwen3-VL 4*32*32)",
+    "max_pixels": "mm-embed/multimodal rerank: images larger than this area are downscaled for the model, bounding "
+                  "image tokens (default: the recipe's, GME 1280*28*28, Qwen3-VL 1800*32*32 embed, 1280*32*32 rerank)",
 }
 
 
@@ -71,7 +73,7 @@ def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
             parser.add_argument("--api-key", dest="api_keys", default=None, action="append", help=help_text)
         elif "tuple" in annotation:
             parser.add_argument(flag, dest=f.name, default=None, action="append", help=help_text)
-        elif "int" in annotation and "None" not in annotation:
+        elif "int" in annotation:
             parser.add_argument(flag, type=int, default=None, help=help_text)
         elif "float" in annotation:
             parser.add_argument(flag, type=float, default=None, help=help_text)

@@ -54,8 +54,9 @@ class ServerSettings:
     max_image_bytes: int = 20 * 1024 * 1024
     max_image_pixels: int = 50_000_000
     url_timeout_s: float = 10.0
-    min_pixels: int = 256 * 28 * 28
-    max_pixels: int = 1280 * 28 * 28
+    # None: the model recipe's range (GME 256..1280 x 28², Qwen3-VL 4..1800 x 32² embed / 4..1280 x 32² rerank).
+    min_pixels: int | None = None
+    max_pixels: int | None = None
 
     def __post_init__(self) -> None:
         problems = []
@@ -69,9 +70,10 @@ class ServerSettings:
         if self.last_token_padding not in ("left", "right"):
             problems.append("last_token_padding must be 'left' or 'right'")
         for name in ("max_image_bytes", "max_image_pixels", "min_pixels", "max_pixels"):
-            if getattr(self, name) < 1:
+            value = getattr(self, name)
+            if value is not None and value < 1:
                 problems.append(f"{name} must be >= 1")
-        if self.min_pixels > self.max_pixels:
+        if self.min_pixels is not None and self.max_pixels is not None and self.min_pixels > self.max_pixels:
             problems.append("min_pixels must be <= max_pixels")
         if self.url_timeout_s <= 0:
             problems.append("url_timeout_s must be > 0")
@@ -102,6 +104,8 @@ def _parse_value(raw: str, annotation: Any) -> Any:
         raise ValueError(f"not a boolean: {raw!r}")
     if "int" in text and "None" not in text:
         return int(raw)
+    if "int" in text:
+        return None if raw.strip() == "" else int(raw)
     if "float" in text:
         return float(raw)
     if raw == "" and "None" in text:

@@ -1,9 +1,10 @@
-"""Torch backend of GME-Qwen2-VL embeddings on the current transformers ``Qwen2VLModel`` (DESIGN §4).
+"""Torch backend of Qwen-VL last-token embedders (GME-Qwen2-VL, Qwen3-VL-Embedding; DESIGN §4).
 
-The model's own remote code pins transformers < 4.52, so this project runs the recipe itself: the template
-of :mod:`servers.recipes.multimodal`, the image processor used directly (its PIL path; the stock processor
-would import torchvision for video), image tokens expanded from the processor's grid, M-RoPE position ids
-from ``get_rope_index`` with ``mm_token_type_ids``, left padding and the last position's hidden state.
+GME's remote code pins transformers < 4.52 and the stock Qwen-VL processors import torchvision (for video),
+so this project runs the recipes itself on the current transformers ``Qwen2VLModel`` / ``Qwen3VLModel``
+(the class the recipe names): the template of :mod:`servers.recipes.multimodal`, the image processor used
+directly (its PIL path), image tokens expanded from the processor's grid, M-RoPE position ids from
+``get_rope_index`` with ``mm_token_type_ids``, left padding and the last position's hidden state.
 """
 
 from __future__ import annotations
@@ -54,9 +55,11 @@ class PreparedInput:
 
 
 def load_image_processor(model_dir: Path, min_pixels: int, max_pixels: int) -> Any:
-    """The Qwen2-VL image processor of ``model_dir`` (PIL path, no torchvision) with the server's pixel range.
+    """The Qwen-VL image processor of ``model_dir`` (PIL path, no torchvision) with the given pixel range.
 
-    The server's range wins over the file's, as GME's own code sets its own range too.
+    Patch size, merge size, mean and std come from the model's ``preprocessor_config.json`` (Qwen3-VL's
+    names the torchvision "fast" class; the PIL class computes the same patches). The pixel range wins over
+    the file's, as the models' own embedding code sets its own range too.
     """
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
@@ -97,7 +100,7 @@ def vision_model_inputs(
     model: Any, ids: torch.Tensor, mask: torch.Tensor, image_token_id: int, pixel_values: list[np.ndarray],
     grids: list[tuple[int, int, int]],
 ) -> dict[str, Any]:
-    """Keyword inputs of a ``Qwen2VLModel`` forward for a padded batch (images in row-major order).
+    """Keyword inputs of a ``Qwen2VLModel`` / ``Qwen3VLModel`` forward for a padded batch (images in row-major order).
 
     Position ids are computed for every batch, text-only ones included: with left padding the model's own
     default (arange over the padded row) would shift a padded text's positions.
@@ -117,23 +120,43 @@ def vision_model_inputs(
     }
 
 
-class Qwen2VLEmbedder:
-    """GME-style embedder: ``prepare`` (CPU, any thread) and ``forward`` (model thread)."""
+def vision_language_class(name: str) -> Any:
+    """The transformers model class a recipe names (``Qwen2VLModel``, ``Qwen3VLForConditionalGeneration``, ...)."""
+    import transformers
+
+    cls = getattr(transformers, name, None)
+    if cls is None:
+        raise ValueError(f"transformers {transformers.__version__} has no {name}; upgrade transformers")
+    return cls
+
+
+class QwenVLEmbedder:
+    """Last-token Qwen-VL embedder: ``prepare`` (CPU, any thread) and ``forward`` (model thread).
+
+    Args:
+        min_pixels: Image area lower bound after resizing (None: the recipe's default).
+        max_pixels: Upper bound (None: the recipe's default).
+    """
 
     def __init__(
         self, model_dir: Path, recipe: MultiModalRecipe, placement: Placement, max_length: int,
-        min_pixels: int, max_pixels: int,
+        min_pixels: int | None = None, max_pixels: int | None = None,
     ) -> None:
-        from transformers import AutoTokenizer, Qwen2VLModel
+        from transformers import AutoTokenizer
 
         self.recipe = recipe
         self.placement = placement
         tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
         self._tokenizer = ThreadLocalTokenizer(tokenizer)
-        self.image_processor = load_image_processor(model_dir, min_pixels, max_pixels)
+        self.min_pixels = min_pixels if min_pixels is not None else recipe.min_pixels
+        self.max_pixels = max_pixels if max_pixels is not None else recipe.max_pixels
+        if self.min_pixels > self.max_pixels:
+            raise ValueError(f"min_pixels {self.min_pixels} is above max_pixels {self.max_pixels}")
+        self.image_processor = load_image_processor(model_dir, self.min_pixels, self.max_pixels)
         self.merge_size = int(self.image_processor.merge_size)
+        model_class = vision_language_class(recipe.model_class)
         # Typed Any: transformers' stubs type the tensors as LongTensor/IntTensor subclasses torch never returns.
-        self.model: Any = cast(Any, Qwen2VLModel.from_pretrained(str(model_dir), **model_load_kwargs(placement)))
+        self.model: Any = cast(Any, model_class.from_pretrained(str(model_dir), **model_load_kwargs(placement)))
         self.model.to(placement.device).eval()
         config = self.model.config
         text_config = config.text_config
@@ -219,5 +242,5 @@ class Qwen2VLEmbedder:
             grids = [p.grid_thw for p in batch if p.grid_thw is not None]
             pixels = [p.pixel_values for p in batch if p.pixel_values is not None]
             out = self.model(**vision_model_inputs(self.model, ids, mask, self.image_token_id, pixels, grids))
-            # Left padding: the last column is every row's last real token (<|endoftext|>).
+            # Left padding: the last column is every row's last real token (the template's last).
             return HostResult(out.last_hidden_state[:, -1].float())

@@ -1,9 +1,10 @@
-"""Torch backend of yes/no vision-language reranking on the current transformers ``Qwen2VLModel``.
+"""Torch backend of yes/no vision-language reranking on the current transformers Qwen2-VL / Qwen3-VL models.
 
-The recipe is rule 0 of :mod:`servers.recipes.rerank`: the Qwen3-Reranker template, where the query and the
-document are each ``{IMG}{text}`` (``IMG = <|vision_start|><|image_pad|><|vision_end|>`` when that side has
-an image). Image handling is the GME backend's (:mod:`servers.backends.multimodal`): the PIL image
-processor, ``<|image_pad|>`` expanded to the image's token count from its grid, M-RoPE position ids from
+The recipe is rule 0 of :mod:`servers.recipes.rerank`: the model type's template (Qwen3-Reranker's for
+Qwen2-VL rerankers, the official Qwen3-VL-Reranker turn for ``qwen3_vl``), where the query and the document
+are each ``{IMG}{text}`` (``IMG = <|vision_start|><|image_pad|><|vision_end|>`` when that side has an image).
+Image handling is the embedders' (:mod:`servers.backends.multimodal`): the PIL image processor,
+``<|image_pad|>`` expanded to the image's token count from its grid, M-RoPE position ids from
 ``get_rope_index`` with ``mm_token_type_ids``. Left padding; the score is read at the last position through
 the two LM-head rows ``[no, yes]`` (the 150k-wide vocabulary projection is never computed).
 """
@@ -24,6 +25,7 @@ from servers.backends.multimodal import (
     expand_image_pads,
     load_image_processor,
     process_image,
+    vision_language_class,
     vision_model_inputs,
 )
 from servers.backends.rerank import raw_from_logits
@@ -68,8 +70,10 @@ class PairSide:
     text: str | None = None
     image: ProcessedImage | None = None
 
-    def content(self) -> str:
-        """The side's text in the template: image placeholder first, then the text."""
+    def content(self, empty: str = "") -> str:
+        """The side's text in the template: image placeholder first, then the text (``empty`` for neither)."""
+        if self.image is None and not self.text:
+            return empty
         return (IMAGE_PLACEHOLDER if self.image is not None else "") + (self.text or "")
 
 
@@ -94,24 +98,35 @@ class PreparedPair:
         return self.original_length > len(self.ids)
 
 
-class Qwen2VLPairScorer:
-    """Yes/no reranker on Qwen2-VL: ``process_image`` / ``prepare_pair`` (CPU, any thread), ``launch`` (model thread)."""
+class QwenVLPairScorer:
+    """Yes/no reranker on a Qwen-VL model: ``process_image`` / ``prepare_pair`` (CPU, any thread), ``launch``
+    (model thread).
+
+    Args:
+        min_pixels: Image area lower bound after resizing (None: the recipe's default).
+        max_pixels: Upper bound (None: the recipe's default).
+    """
 
     def __init__(
-        self, model_dir: Path, recipe: RerankRecipe, placement: Placement, max_length: int, min_pixels: int,
-        max_pixels: int,
+        self, model_dir: Path, recipe: RerankRecipe, placement: Placement, max_length: int,
+        min_pixels: int | None = None, max_pixels: int | None = None,
     ) -> None:
-        from transformers import AutoTokenizer, Qwen2VLForConditionalGeneration
+        from transformers import AutoTokenizer
 
-        if recipe.template is None or recipe.head_token_ids is None:
-            raise ValueError("a vision yes/no reranker recipe needs a template and the yes/no token ids")
+        if recipe.template is None or recipe.head_token_ids is None or recipe.vision is None:
+            raise ValueError("a vision yes/no reranker recipe needs a template, the yes/no token ids and a model class")
         self.recipe = recipe
         self.template = recipe.template
         self.placement = placement
         tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
         self._tokenizer = ThreadLocalTokenizer(tokenizer)
-        self.image_processor = load_image_processor(model_dir, min_pixels, max_pixels)
-        full: Any = Qwen2VLForConditionalGeneration.from_pretrained(str(model_dir), **model_load_kwargs(placement))
+        self.min_pixels = min_pixels if min_pixels is not None else recipe.vision.min_pixels
+        self.max_pixels = max_pixels if max_pixels is not None else recipe.vision.max_pixels
+        if self.min_pixels > self.max_pixels:
+            raise ValueError(f"min_pixels {self.min_pixels} is above max_pixels {self.max_pixels}")
+        self.image_processor = load_image_processor(model_dir, self.min_pixels, self.max_pixels)
+        model_class = vision_language_class(recipe.vision.model_class)
+        full: Any = model_class.from_pretrained(str(model_dir), **model_load_kwargs(placement))
         head = full.get_output_embeddings()
         rows = torch.tensor(list(recipe.head_token_ids), dtype=torch.long, device=head.weight.device)
         self.head_weight = head.weight.detach().index_select(0, rows).to(placement.device, torch.float32).clone()
@@ -119,7 +134,7 @@ class Qwen2VLPairScorer:
         self.head_bias = (
             bias.detach().index_select(0, rows).to(placement.device, torch.float32).clone() if bias is not None else None
         )
-        # Keep the Qwen2VLModel (vision tower + decoder); the full LM head is freed with the wrapper.
+        # Keep the inner model (vision tower + decoder); the full LM head is freed with the wrapper.
         self.model: Any = cast(Any, full.model).to(placement.device).eval()
         config = full.config
         del full
@@ -156,9 +171,10 @@ class Qwen2VLPairScorer:
         tok = self._tokenizer.get()
         images = [s.image for s in (query, doc) if s.image is not None]
         counts = [im.tokens for im in images]
+        empty = self.template.empty_side
         prompt = (
             self.template.prefix
-            + self.template.format_middle(instruction, query.content(), doc.content())
+            + self.template.format_middle(instruction, query.content(empty), doc.content(empty))
             + self.template.suffix
         )
         # The whole prompt at once, as a chat template + processor call would tokenize it.

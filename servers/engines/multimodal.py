@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image
 
 from rag_plugins.protocol import InputType
-from servers.backends.multimodal import PreparedInput, Qwen2VLEmbedder
+from servers.backends.multimodal import PreparedInput, QwenVLEmbedder
 from servers.engines.base import EngineBase, check_fits_batch, place_model
 from servers.engines.embedding import EmbeddingResult, matryoshka
 from servers.errors import InvalidRequestError, ServingError
@@ -31,7 +31,7 @@ class MultiModalEmbeddingEngine(EngineBase[PreparedInput, np.ndarray]):
     kind = "mm-embed"
 
     def __init__(
-        self, backend: Qwen2VLEmbedder, settings: ServerSettings, metrics: ServerMetrics | None = None,
+        self, backend: QwenVLEmbedder, settings: ServerSettings, metrics: ServerMetrics | None = None,
         policy: ImagePolicy | None = None,
     ) -> None:
         super().__init__(settings, metrics)
@@ -44,7 +44,7 @@ class MultiModalEmbeddingEngine(EngineBase[PreparedInput, np.ndarray]):
     ) -> MultiModalEmbeddingEngine:
         """Load the model named by ``settings.model`` onto ``settings.device`` (blocking)."""
         model_dir, recipe, placement = place_model(settings, resolve_multimodal_recipe)
-        backend = Qwen2VLEmbedder(
+        backend = QwenVLEmbedder(
             model_dir, recipe, placement, settings.max_length, settings.min_pixels, settings.max_pixels
         )
         check_fits_batch(backend.max_length, settings)
@@ -112,7 +112,7 @@ class MultiModalEmbeddingEngine(EngineBase[PreparedInput, np.ndarray]):
             "max_wait_ms": s.max_wait_ms, "recipe": b.recipe.name, "pooling": "lasttoken", "normalize": True,
             "min_dimensions": b.recipe.min_dimensions, "default_instruction": b.recipe.default_instruction,
             "scoring": None, "modalities": ["text", "image", "text+image"],
-            "min_pixels": s.min_pixels, "max_pixels": s.max_pixels, "max_image_pixels": s.max_image_pixels,
+            "min_pixels": b.min_pixels, "max_pixels": b.max_pixels, "max_image_pixels": s.max_image_pixels,
             "max_image_bytes": s.max_image_bytes, "image_paths": bool(s.image_root),
             "url_images": s.allow_url_images,
         }

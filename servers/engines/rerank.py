@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from servers.backends.multimodal_rerank import PairSide, PreparedPair, ProcessedImage, Qwen2VLPairScorer
+from servers.backends.multimodal_rerank import PairSide, PreparedPair, ProcessedImage, QwenVLPairScorer
 from servers.backends.rerank import BiEncoderScorer, EncodedInput, RerankBackend, load_reranker
 from servers.engines.base import EngineBase, check_fits_batch, place_model
 from servers.errors import InvalidRequestError, RequestTooLargeError, ServingError, UnsupportedOperationError
@@ -102,7 +102,7 @@ class RerankEngine(EngineBase[Any, Any]):
     kind = "rerank"
 
     def __init__(
-        self, backend: RerankBackend | Qwen2VLPairScorer, settings: ServerSettings, metrics: ServerMetrics | None = None,
+        self, backend: RerankBackend | QwenVLPairScorer, settings: ServerSettings, metrics: ServerMetrics | None = None,
         policy: ImagePolicy | None = None,
     ) -> None:
         super().__init__(settings, metrics)
@@ -114,9 +114,9 @@ class RerankEngine(EngineBase[Any, Any]):
     def from_settings(cls, settings: ServerSettings, metrics: ServerMetrics | None = None) -> RerankEngine:
         """Load the model named by ``settings.model`` onto ``settings.device`` (blocking)."""
         model_dir, recipe, placement = place_model(settings, resolve_rerank_recipe)
-        backend: RerankBackend | Qwen2VLPairScorer
+        backend: RerankBackend | QwenVLPairScorer
         if recipe.accepts_images:
-            backend = Qwen2VLPairScorer(
+            backend = QwenVLPairScorer(
                 model_dir, recipe, placement, settings.max_length, settings.min_pixels, settings.max_pixels
             )
         else:
@@ -184,7 +184,7 @@ class RerankEngine(EngineBase[Any, Any]):
         self._check_count(len(pairs), "pairs")
         task = instruction if instruction is not None else self.default_instruction
         backend = self.backend
-        if isinstance(backend, Qwen2VLPairScorer):
+        if isinstance(backend, QwenVLPairScorer):
             return await self._score_vision(backend, list(pairs), task or "", truncate)
         text_pairs: list[tuple[str, str]] = []
         for i, (q, d) in enumerate(pairs):
@@ -222,15 +222,15 @@ class RerankEngine(EngineBase[Any, Any]):
             "default_instruction": self.default_instruction,
             "modalities": self.recipe.modalities,
             **(
-                {"min_pixels": s.min_pixels, "max_pixels": s.max_pixels, "max_image_pixels": s.max_image_pixels,
+                {"min_pixels": b.min_pixels, "max_pixels": b.max_pixels, "max_image_pixels": s.max_image_pixels,
                  "image_paths": bool(s.image_root), "url_images": s.allow_url_images}
-                if self.recipe.accepts_images else {}
+                if isinstance(b := self.backend, QwenVLPairScorer) else {}
             ),
         }
 
     # ----------------------------------------------------------------------------------------- internals
     async def _score_vision(
-        self, backend: Qwen2VLPairScorer, pairs: list[tuple[RerankItem, RerankItem]], task: str, truncate: bool
+        self, backend: QwenVLPairScorer, pairs: list[tuple[RerankItem, RerankItem]], task: str, truncate: bool
     ) -> ScoreResult:
         for i, (q, d) in enumerate(pairs):
             for name, item in (("query", q), ("document", d)):
@@ -250,7 +250,7 @@ class RerankEngine(EngineBase[Any, Any]):
         self, pairs: list[tuple[RerankItem, RerankItem]], task: str, truncate: bool
     ) -> list[PreparedPair]:
         backend = self.backend
-        assert isinstance(backend, Qwen2VLPairScorer)
+        assert isinstance(backend, QwenVLPairScorer)
         cache: dict[Any, ProcessedImage] = {}  # the query's image is decoded once per request
 
         def side(item: RerankItem) -> PairSide:

@@ -1,20 +1,31 @@
 """Multimodal embedding recipes (DESIGN §4), resolved from the model's ``config.json``, never its name.
 
-GME-Qwen2-VL: one chat turn per input,
+Every recipe formats one input as one chat turn,
 
-    <|im_start|>system\\n{instruction}<|im_end|>\\n<|im_start|>user\\n{IMG}{text}<|im_end|>\\n<|im_start|>assistant\\n<|endoftext|>
+    <|im_start|>system\\n{system}<|im_end|>\\n<|im_start|>user\\n{IMG}{text}<|im_end|>\\n<|im_start|>assistant\\n{tail}
 
 with ``IMG = <|vision_start|><|image_pad|>*n<|vision_end|>`` when the input has an image (n = the image's
-token count from the image processor's grid). Queries carry the task instruction (a full stop appended
-when it ends without punctuation, as GME's own code does); documents get ``You are a helpful assistant.``.
-The vector is the last token's hidden state, L2-normalised.
+token count from the image processor's grid) and pools the last token's hidden state, L2-normalised. The
+recipes differ in data only:
+
+* **GME-Qwen2-VL** (``model_type`` ``qwen2_vl``, run on ``Qwen2VLModel``): queries carry the task
+  instruction (a full stop appended when it ends without ASCII punctuation, as GME's own code does),
+  documents ``You are a helpful assistant.``; ``tail = <|endoftext|>``; pixels 256..1280 x 28².
+* **Qwen3-VL-Embedding** (``model_type`` ``qwen3_vl``, run on ``Qwen3VLModel``): the official embedder's
+  template (the Qwen3-VL chat template with ``add_generation_prompt``, so ``tail`` is empty and the pooled
+  token is the ``\\n`` after ``assistant``); system = the instruction (a full stop appended when its last
+  character is not Unicode punctuation, as the official code does) or ``Represent the user's input.``;
+  queries default to the model card's ``Retrieve images or text relevant to the user's query.``; pixels
+  4..1800 x 32² (patch 16, 2x2 merge).
 """
 
 from __future__ import annotations
 
 import string
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from rag_plugins.protocol import InputType
 from servers.recipes.embedding import read_json
@@ -22,9 +33,24 @@ from servers.recipes.embedding import read_json
 GME_DOCUMENT_PROMPT = "You are a helpful assistant."
 #: GME's model card uses this task for text -> image retrieval queries.
 GME_DEFAULT_QUERY_INSTRUCTION = "Find an image that matches the given text."
+#: Qwen3-VL-Embedding: the system prompt of inputs without an instruction (the official embedder's default).
+QWEN3_VL_DOCUMENT_PROMPT = "Represent the user's input."
+#: Qwen3-VL-Embedding model card: the instruction its retrieval queries carry.
+QWEN3_VL_DEFAULT_QUERY_INSTRUCTION = "Retrieve images or text relevant to the user's query."
 VISION_START = "<|vision_start|>"
 VISION_END = "<|vision_end|>"
 IMAGE_PAD = "<|image_pad|>"
+
+Punctuation = Literal["ascii", "unicode"]
+
+
+def ends_with_punctuation(text: str, kind: Punctuation) -> bool:
+    """Whether ``text``'s last character is punctuation (ASCII set, or any Unicode ``P*`` category)."""
+    if not text:
+        return False
+    if kind == "ascii":
+        return text[-1] in string.punctuation
+    return unicodedata.category(text[-1]).startswith("P")
 
 
 @dataclass(frozen=True)
@@ -33,14 +59,24 @@ class MultiModalRecipe:
 
     Attributes:
         name: Label shown in ``/info``.
+        model_class: The transformers class (vision tower + decoder, no LM head) that runs the recipe.
         default_instruction: Query task when a request names none.
-        document_prompt: System prompt of documents.
+        document_prompt: System prompt of documents (and of queries with an empty instruction).
+        tail: Template text after ``<|im_start|>assistant\\n``; the pooled token is the last of the prompt.
+        punctuation: Which punctuation counts as an instruction's ending (else a full stop is appended).
+        min_pixels: Default lower bound of an image's area after resizing (``--min-pixels`` overrides).
+        max_pixels: Default upper bound (``--max-pixels`` overrides).
         min_dimensions: Smallest Matryoshka size offered.
     """
 
     name: str
+    model_class: str
     default_instruction: str
     document_prompt: str
+    tail: str
+    punctuation: Punctuation
+    min_pixels: int
+    max_pixels: int
     min_dimensions: int = 32
 
     def system_prompt(self, input_type: InputType, instruction: str | None) -> str:
@@ -50,24 +86,38 @@ class MultiModalRecipe:
         task = (instruction if instruction is not None else self.default_instruction).strip()
         if not task:
             return self.document_prompt
-        return task if task[-1] in string.punctuation else task + "."
+        return task if ends_with_punctuation(task, self.punctuation) else task + "."
 
     def prefix(self, input_type: InputType, instruction: str | None) -> str:
         """Template text before the image/text of the user turn."""
         return f"<|im_start|>system\n{self.system_prompt(input_type, instruction)}<|im_end|>\n<|im_start|>user\n"
 
-    @staticmethod
-    def suffix() -> str:
+    def suffix(self) -> str:
         """Template text after the user's content; its last token is the pooled one."""
-        return "<|im_end|>\n<|im_start|>assistant\n<|endoftext|>"
+        return "<|im_end|>\n<|im_start|>assistant\n" + self.tail
 
 
 GME_QWEN2_VL = MultiModalRecipe(
     name="gme-qwen2-vl",
+    model_class="Qwen2VLModel",
     default_instruction=GME_DEFAULT_QUERY_INSTRUCTION,
     document_prompt=GME_DOCUMENT_PROMPT,
+    tail="<|endoftext|>",
+    punctuation="ascii",
+    min_pixels=256 * 28 * 28,
+    max_pixels=1280 * 28 * 28,
 )
-_RECIPES_BY_MODEL_TYPE = {"qwen2_vl": GME_QWEN2_VL}
+QWEN3_VL_EMBEDDING = MultiModalRecipe(
+    name="qwen3-vl-embedding",
+    model_class="Qwen3VLModel",
+    default_instruction=QWEN3_VL_DEFAULT_QUERY_INSTRUCTION,
+    document_prompt=QWEN3_VL_DOCUMENT_PROMPT,
+    tail="",
+    punctuation="unicode",
+    min_pixels=4 * 32 * 32,
+    max_pixels=1800 * 32 * 32,
+)
+_RECIPES_BY_MODEL_TYPE = {"qwen2_vl": GME_QWEN2_VL, "qwen3_vl": QWEN3_VL_EMBEDDING}
 
 
 def resolve_multimodal_recipe(model_dir: Path) -> MultiModalRecipe:

@@ -4,19 +4,27 @@ A recipe is resolved from the model's own files (``config.json``, the sentence-t
 ``modules.json`` / ``config_sentence_transformers.json``, and the tokenizer's vocabulary), never from the
 model's name. The rules, first match wins:
 
-0. **Yes/no vision-language reranker** (multimodal; Qwen2-VL-based rerankers such as the Qwen-VL yes/no
-   family): ``config.json`` has ``"model_type": "qwen2_vl"`` and ``architectures`` lists a
-   ``*ForConditionalGeneration`` or ``*ForCausalLM`` class (a causal LM with an LM head), and the tokenizer maps
-   ``"yes"`` / ``"no"`` to single tokens and has the ChatML tokens and the vision tokens
-   ``<|vision_start|>`` ``<|image_pad|>`` ``<|vision_end|>``. Query and documents may each carry an image
-   (``DocInput`` ``{"text", "image"}``). The pair is formatted with :data:`QWEN3_RERANKER_TEMPLATE`, where the
-   query and the document are each ``{IMG}{text}`` with ``IMG = <|vision_start|><|image_pad|><|vision_end|>``
-   when that side has an image (the pad expanded to the image's token count from the image processor's
-   grid, as for GME); the whole prompt is tokenized at once, M-RoPE positions come from the model's
-   ``get_rope_index``, left padding, and the score is ``sigmoid(logit_yes - logit_no)`` of the last position
-   with the yes/no ids from the tokenizer. Only texts are truncated (document text first), never images.
-   Another vision-language model (``config.json`` with a ``vision_config``, e.g. ``qwen2_5_vl``,
-   ``qwen3_vl``) is refused with an error naming the supported types.
+0. **Yes/no vision-language reranker** (multimodal): ``config.json`` has a ``model_type`` of
+   :data:`VISION_RERANKERS` and ``architectures`` lists a ``*ForConditionalGeneration`` or ``*ForCausalLM``
+   class (a causal LM with an LM head), and the tokenizer maps ``"yes"`` / ``"no"`` to single tokens and has
+   the ChatML tokens and the vision tokens ``<|vision_start|>`` ``<|image_pad|>`` ``<|vision_end|>``. Query
+   and documents may each carry an image (``DocInput`` ``{"text", "image"}``); each side is ``{IMG}{text}``
+   with ``IMG = <|vision_start|><|image_pad|><|vision_end|>`` when it has an image (the pad expanded to the
+   image's token count from the image processor's grid, as for the embedders). The template is the model
+   type's:
+
+   * ``qwen2_vl`` (Qwen2-VL-based yes/no rerankers): :data:`QWEN3_RERANKER_TEMPLATE`, pixels 256..1280 x 28²;
+   * ``qwen3_vl`` (Qwen3-VL-Reranker): :data:`QWEN3_VL_RERANKER_TEMPLATE`, the official reranker's chat turn
+     (system judge prompt; user ``<Instruct>: {instruction}<Query>:{query}\n<Document>:{doc}``; generation
+     prompt ``<|im_start|>assistant\n``; an empty side is ``NULL``), pixels 4..1280 x 32².
+
+   The whole prompt is tokenized at once, M-RoPE positions come from the model's ``get_rope_index``, left
+   padding, and the score is ``sigmoid(logit_yes - logit_no)`` of the last position with the yes/no ids from
+   the tokenizer (the official Qwen3-VL-Reranker code scores ``sigmoid((w_yes - w_no) . h)``, the same number).
+   Only texts are truncated (document text first), never images. A ``qwen3_vl`` repository with a
+   sentence-transformers ``Pooling`` module is an embedding model and is refused here (serve it with
+   ``mm-embed``). Another vision-language model (``config.json`` with a ``vision_config``, e.g.
+   ``qwen2_5_vl``) is refused with an error naming the supported types.
 1. **Sentence-transformers cross-encoder** (``config_sentence_transformers.json`` says
    ``"model_type": "CrossEncoder"``, or ``modules.json`` lists a ``LogitScore`` module, or ``config.json``
    carries the cross-encoder keys ``sentence_transformers`` / ``sbert_ce_default_activation_function``):
@@ -64,8 +72,6 @@ Activation = Literal["sigmoid", "identity", "tanh"]
 #: Decoder model types that can run as a last-token sequence classifier.
 _DECODER_MODEL_TYPES = frozenset({"qwen2", "qwen3", "qwen3_moe", "llama", "mistral", "gemma", "gemma2", "phi3"})
 _CHATML_TOKENS = ("<|im_start|>", "<|im_end|>")
-#: Top-level ``model_type`` values of vision-language models whose yes/no reranking this project implements.
-_VISION_MODEL_TYPES = frozenset({"qwen2_vl"})
 _VISION_TOKENS = ("<|vision_start|>", "<|image_pad|>", "<|vision_end|>")
 _ACTIVATIONS: dict[str, Activation] = {"sigmoid": "sigmoid", "identity": "identity", "tanh": "tanh"}
 
@@ -79,12 +85,14 @@ class PairTemplate:
         middle: Format string with ``{instruction}``, ``{query}`` and ``{doc}``; the only part truncated.
         suffix: Tokenized once, never truncated; the score is read at its last token.
         default_instruction: Task used when neither the request nor ``--instruction`` names one.
+        empty_side: What stands for a query or document with neither text nor image.
     """
 
     prefix: str
     middle: str
     suffix: str
     default_instruction: str
+    empty_side: str = ""
 
     def format_middle(self, instruction: str, query: str, doc: str) -> str:
         """The part of the prompt that holds the request's texts."""
@@ -101,6 +109,45 @@ QWEN3_RERANKER_TEMPLATE = PairTemplate(
     suffix="<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n",
     default_instruction=DEFAULT_RETRIEVAL_INSTRUCTION,
 )
+_JUDGE_SYSTEM_PROMPT = (
+    'Judge whether the Document meets the requirements based on the Query and the Instruct provided. Note that '
+    'the answer can only be "yes" or "no".'
+)
+#: Qwen3-VL-Reranker's prompt: the official reranker's chat turn rendered by the Qwen3-VL chat template (its
+#: content parts are concatenated with nothing between them), with the generation prompt and no think block.
+QWEN3_VL_RERANKER_TEMPLATE = PairTemplate(
+    prefix=f"<|im_start|>system\n{_JUDGE_SYSTEM_PROMPT}<|im_end|>\n<|im_start|>user\n",
+    middle="<Instruct>: {instruction}<Query>:{query}\n<Document>:{doc}",
+    suffix="<|im_end|>\n<|im_start|>assistant\n",
+    default_instruction="Given a search query, retrieve relevant candidates that answer the query.",
+    empty_side="NULL",
+)
+
+
+@dataclass(frozen=True)
+class VisionRerankerSpec:
+    """What a vision-language ``model_type`` reranks with.
+
+    Attributes:
+        template: Prompt around the pair.
+        model_class: transformers class with the LM head (its decoder runs; two head rows are kept).
+        min_pixels: Default image area lower bound (``--min-pixels`` overrides).
+        max_pixels: Default upper bound (``--max-pixels`` overrides).
+    """
+
+    template: PairTemplate
+    model_class: str
+    min_pixels: int
+    max_pixels: int
+
+
+#: ``model_type`` values of vision-language models whose yes/no reranking this project implements.
+VISION_RERANKERS: dict[str, VisionRerankerSpec] = {
+    "qwen2_vl": VisionRerankerSpec(QWEN3_RERANKER_TEMPLATE, "Qwen2VLForConditionalGeneration",
+                                   256 * 28 * 28, 1280 * 28 * 28),
+    "qwen3_vl": VisionRerankerSpec(QWEN3_VL_RERANKER_TEMPLATE, "Qwen3VLForConditionalGeneration",
+                                   4 * 32 * 32, 1280 * 32 * 32),
+}
 
 
 @dataclass(frozen=True)
@@ -120,6 +167,7 @@ class RerankRecipe:
         num_labels: Outputs of a classification head (1 or 2).
         padding_side: ``left`` for decoders (last column = last token), ``right`` for encoders.
         embedding: The embedding recipe of a bi-encoder.
+        vision: Model class and pixel range of a ``vision-decoder``, else None.
     """
 
     name: str
@@ -131,6 +179,7 @@ class RerankRecipe:
     num_labels: int = 1
     padding_side: Literal["left", "right"] = "right"
     embedding: EmbeddingRecipe | None = None
+    vision: VisionRerankerSpec | None = None
 
     def default_instruction(self) -> str | None:
         return self.template.default_instruction if self.template is not None else None
@@ -229,13 +278,19 @@ def _yes_no_recipe(tokenizer: Any, source: str) -> RerankRecipe | None:
 def _vision_yes_no_recipe(model_dir: Path, config: dict[str, Any], tokenizer: Any | None) -> RerankRecipe | None:
     """Rule 0: a Qwen2-VL causal LM whose tokenizer has yes/no, ChatML and vision tokens, else None."""
     model_type = str(config.get("model_type", ""))
-    if model_type not in _VISION_MODEL_TYPES:
+    spec = VISION_RERANKERS.get(model_type)
+    if spec is None:
         if "vision_config" in config:
             raise ValueError(
                 f"{model_dir}: multimodal reranking is implemented for model_type "
-                f"{', '.join(sorted(_VISION_MODEL_TYPES))}; this model is {model_type!r}"
+                f"{', '.join(sorted(VISION_RERANKERS))}; this model is {model_type!r}"
             )
         return None
+    if any(t.endswith("Pooling") for t in _module_types(read_json(model_dir / "modules.json"))):
+        raise ValueError(
+            f"{model_dir}: this {model_type} model is an embedding model (its sentence-transformers modules pool "
+            "a vector); serve it with `rag-serve mm-embed`, and a reranker with `rag-serve rerank`"
+        )
     archs = _architectures(config)
     if not any(a.endswith(("ForConditionalGeneration", "ForCausalLM")) for a in archs):
         return None
@@ -246,14 +301,16 @@ def _vision_yes_no_recipe(model_dir: Path, config: dict[str, Any], tokenizer: An
             f"{model_dir}: a {config.get('model_type')} model can rerank only when its tokenizer has single "
             "'yes'/'no' tokens, the ChatML tokens and the vision tokens of the Qwen-VL template"
         )
+    template_name = "qwen3-vl-reranker" if spec.template is QWEN3_VL_RERANKER_TEMPLATE else "qwen3-reranker"
     return RerankRecipe(
-        name="qwen-vl yes/no (qwen3-reranker template, images in the user turn)",
+        name=f"{model_type} yes/no ({template_name} template, images in the user turn)",
         kind="vision-decoder",
         scoring=recipe.scoring,
         activation="sigmoid",
-        template=QWEN3_RERANKER_TEMPLATE,
+        template=spec.template,
         head_token_ids=recipe.head_token_ids,
         padding_side="left",
+        vision=spec,
     )
 
 

@@ -1,4 +1,4 @@
-"""Random-weight Qwen3 and Qwen2-VL repositories of the real architectures, saved like their Hub repos.
+"""Random-weight Qwen3, Qwen2-VL and Qwen3-VL repositories of the real architectures, saved like their Hub repos.
 
 One place builds every model the tests (``tiny``), the benchmarks (``0.6b`` / ``4b`` / ``2b``, on a GPU) and
 the notebooks use:
@@ -8,7 +8,10 @@ the notebooks use:
   ``SentenceTransformer(dir)`` load it as they load the real model;
 * :func:`save_qwen3_reranker`: ``Qwen3ForCausalLM`` + tokenizer (the Qwen3-Reranker layout);
 * :func:`save_gme_qwen2_vl` / :func:`save_qwen2_vl_reranker`: ``Qwen2VLForConditionalGeneration`` +
-  tokenizer + a PIL ``Qwen2VLImageProcessor`` config (no torchvision needed).
+  tokenizer + a PIL ``Qwen2VLImageProcessor`` config (no torchvision needed);
+* :func:`save_qwen3_vl_embedding` / :func:`save_qwen3_vl_reranker`: ``Qwen3VLForConditionalGeneration``
+  (deepstack vision tower, interleaved M-RoPE) + tokenizer + the image processor config of the Qwen3-VL
+  repositories (patch 16, mean/std 0.5).
 
 Weights are drawn with ``torch.manual_seed(seed)`` directly in the requested dtype on the requested device,
 so a 4B model never exists in float32 on the host.
@@ -22,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from servers.testing.qwen_tokenizer import ENDOFTEXT_ID, QWEN3_VOCAB_SIZE
+
+IM_END_ID = 151645
 
 QWEN3_EMBEDDING_QUERY_PROMPT = (
     "Instruct: Given a web search query, retrieve relevant passages that answer the query\nQuery:"
@@ -48,6 +53,23 @@ QWEN2_VL_SHAPES: dict[str, dict[str, Any]] = {
         text=dict(hidden_size=1536, num_hidden_layers=28, num_attention_heads=12, num_key_value_heads=2,
                   intermediate_size=8960, max_position_embeddings=32768, mrope_section=[16, 24, 24]),
         vision=dict(depth=32, embed_dim=1280, num_heads=16, mlp_ratio=4),
+    ),
+}
+
+
+#: Qwen3-VL shapes (Qwen3-VL-Embedding-2B / -Reranker-2B are Qwen3-VL-2B); ``tiny`` for tests and smoke runs.
+QWEN3_VL_SHAPES: dict[str, dict[str, Any]] = {
+    "tiny": dict(
+        text=dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                  intermediate_size=128, max_position_embeddings=4096, mrope_section=[2, 3, 3]),
+        vision=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, num_position_embeddings=64,
+                    deepstack_visual_indexes=[0, 1]),
+    ),
+    "2b": dict(
+        text=dict(hidden_size=2048, num_hidden_layers=28, num_attention_heads=16, num_key_value_heads=8,
+                  head_dim=128, intermediate_size=6144, max_position_embeddings=262144, mrope_section=[24, 20, 20]),
+        vision=dict(depth=24, hidden_size=1024, intermediate_size=4096, num_heads=16, num_position_embeddings=2304,
+                    deepstack_visual_indexes=[5, 11, 17]),
     ),
 }
 
@@ -85,6 +107,29 @@ def qwen2_vl_config(shape: str, *, tie_word_embeddings: bool = True, **overrides
     )
     values.update(overrides)
     return Qwen2VLConfig(**values)
+
+
+def qwen3_vl_config(shape: str, *, tie_word_embeddings: bool = True, **overrides: Any) -> Any:
+    """A ``Qwen3VLConfig`` with the real vocabulary size, special-token ids and RoPE, at the named shape."""
+    from transformers import Qwen3VLConfig
+
+    spec = QWEN3_VL_SHAPES[shape]
+    text = dict(spec["text"])
+    mrope = text.pop("mrope_section")
+    values: dict[str, Any] = dict(
+        text_config=dict(
+            vocab_size=QWEN2_VL_VOCAB_SIZE, rms_norm_eps=1e-6, tie_word_embeddings=tie_word_embeddings,
+            rope_parameters={"rope_type": "default", "rope_theta": 5_000_000.0, "mrope_section": mrope,
+                             "mrope_interleaved": True},
+            bos_token_id=ENDOFTEXT_ID, eos_token_id=IM_END_ID, pad_token_id=ENDOFTEXT_ID, **text,
+        ),
+        vision_config=dict(out_hidden_size=text["hidden_size"], patch_size=16, spatial_merge_size=2,
+                           temporal_patch_size=2, in_channels=3, hidden_act="gelu_pytorch_tanh", **spec["vision"]),
+        image_token_id=151655, video_token_id=151656, vision_start_token_id=151652, vision_end_token_id=151653,
+        architectures=["Qwen3VLForConditionalGeneration"], tie_word_embeddings=tie_word_embeddings,
+    )
+    values.update(overrides)
+    return Qwen3VLConfig(**values)
 
 
 def build_random_model(model_class: Any, config: Any, *, device: str = "cpu", dtype: str = "float32",
@@ -186,6 +231,35 @@ def save_qwen2_vl_reranker(target: Path, tokenizer_dir: Path, shape: str = "tiny
     """A Qwen2-VL yes/no reranker repository, with an untied LM head (so the yes/no rows differ from the
     input embeddings) and single-token ``yes`` / ``no`` in the tokenizer."""
     return _save_qwen2_vl(target, tokenizer_dir, shape, tie_word_embeddings=False, device=device, dtype=dtype,
+                          seed=seed)
+
+
+def _save_qwen3_vl(target: Path, tokenizer_dir: Path, shape: str, *, tie_word_embeddings: bool, device: str,
+                   dtype: str, seed: int) -> Path:
+    from transformers import Qwen3VLForConditionalGeneration
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    config = qwen3_vl_config(shape, tie_word_embeddings=tie_word_embeddings)
+    model = build_random_model(Qwen3VLForConditionalGeneration, config, device=device, dtype=dtype, seed=seed)
+    save_repo(model, target, tokenizer_dir)
+    # The Qwen3-VL repositories' image processor: patch 16, 2x2 merge, mean/std 0.5.
+    Qwen2VLImageProcessorPil(patch_size=16, merge_size=2, temporal_patch_size=2, image_mean=[0.5, 0.5, 0.5],
+                             image_std=[0.5, 0.5, 0.5]).save_pretrained(str(target))
+    return target
+
+
+def save_qwen3_vl_embedding(target: Path, tokenizer_dir: Path, shape: str = "tiny", *, device: str = "cpu",
+                            dtype: str = "float32", seed: int = 0) -> Path:
+    """A Qwen3-VL-Embedding repository (tied embeddings, like the 2B model)."""
+    return _save_qwen3_vl(target, tokenizer_dir, shape, tie_word_embeddings=True, device=device, dtype=dtype,
+                          seed=seed)
+
+
+def save_qwen3_vl_reranker(target: Path, tokenizer_dir: Path, shape: str = "tiny", *, device: str = "cpu",
+                           dtype: str = "float32", seed: int = 1) -> Path:
+    """A Qwen3-VL-Reranker repository with an untied LM head (so the yes/no rows differ from the input
+    embeddings) and single-token ``yes`` / ``no`` in the tokenizer."""
+    return _save_qwen3_vl(target, tokenizer_dir, shape, tie_word_embeddings=False, device=device, dtype=dtype,
                           seed=seed)
 
 

@@ -172,7 +172,7 @@ def test_score_independent_of_batch(vl_rerank_server: str, vl_images: tuple[Path
 def test_info_and_bad_images(vl_rerank_server: str, vl_images: tuple[Path, list[bytes]]) -> None:
     info = requests.get(vl_rerank_server + "/info", timeout=10).json()
     assert info["modalities"] == ["text", "image", "text+image"]
-    assert info["recipe"].startswith("qwen-vl yes/no")
+    assert info["recipe"].startswith("qwen2_vl yes/no (qwen3-reranker template")
     root, _ = vl_images
     bad = [
         ({"image": {"path": str(root / ".." / "x.png")}}, 4),

@@ -118,3 +118,51 @@ def test_unknown_model_is_refused_with_a_message(tmp_path: Path) -> None:
     model = _config_only(tmp_path / "m", {"architectures": ["WhisperForConditionalGeneration"]}, None)
     with pytest.raises(ValueError, match="cannot serve this model as a reranker"):
         resolve_rerank_recipe(model)
+
+
+def test_qwen3_vl_reranker_template_is_the_official_turn() -> None:
+    from servers.recipes.rerank import QWEN3_VL_RERANKER_TEMPLATE
+
+    t = QWEN3_VL_RERANKER_TEMPLATE
+    # The chat template renders the official content parts back to back, then the generation prompt.
+    assert t.prefix == CARD_PREFIX
+    assert t.format_middle("I", "Q", "D") == "<Instruct>: I<Query>:Q\n<Document>:D"
+    assert t.suffix == "<|im_end|>\n<|im_start|>assistant\n"
+    assert t.default_instruction == "Given a search query, retrieve relevant candidates that answer the query."
+    assert t.empty_side == "NULL"
+
+
+def _qwen3_vl_config() -> dict[str, object]:
+    return {"model_type": "qwen3_vl", "architectures": ["Qwen3VLForConditionalGeneration"],
+            "vision_config": {"patch_size": 16}, "text_config": {}}
+
+
+def test_qwen3_vl_causal_lm_is_a_vision_reranker(qwen_tokenizer_plain_dir: Path, tmp_path: Path) -> None:
+    from servers.recipes.rerank import QWEN3_VL_RERANKER_TEMPLATE
+
+    recipe = resolve_rerank_recipe(_config_only(tmp_path / "m", _qwen3_vl_config(), qwen_tokenizer_plain_dir))
+    assert recipe.kind == "vision-decoder"
+    assert recipe.accepts_images
+    assert recipe.template == QWEN3_VL_RERANKER_TEMPLATE
+    assert recipe.head_token_ids == (2152, 9693)
+    assert recipe.vision is not None
+    assert recipe.vision.model_class == "Qwen3VLForConditionalGeneration"
+    assert (recipe.vision.min_pixels, recipe.vision.max_pixels) == (4 * 32 * 32, 1280 * 32 * 32)
+
+
+def test_qwen3_vl_embedding_model_is_refused_by_the_rerank_server(qwen_tokenizer_plain_dir: Path,
+                                                                   tmp_path: Path) -> None:
+    model = _config_only(tmp_path / "emb", _qwen3_vl_config(), qwen_tokenizer_plain_dir)
+    (model / "modules.json").write_text(json.dumps([
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+    ]))
+    with pytest.raises(ValueError, match=r"embedding model.*mm-embed"):
+        resolve_rerank_recipe(model)
+
+
+def test_other_vision_language_models_are_refused_by_type(tmp_path: Path) -> None:
+    model = _config_only(tmp_path / "q25", {"model_type": "qwen2_5_vl", "vision_config": {},
+                                            "architectures": ["Qwen2_5_VLForConditionalGeneration"]}, None)
+    with pytest.raises(ValueError, match=r"qwen2_vl, qwen3_vl.*'qwen2_5_vl'"):
+        resolve_rerank_recipe(model)

@@ -122,3 +122,16 @@ def test_batch_budget_must_fit_one_full_length_input() -> None:
 def test_model_name_prefers_served_name() -> None:
     assert ServerSettings(model="/a/b").model_name == "/a/b"
     assert ServerSettings(model="/a/b", served_model_name="emb").model_name == "emb"
+
+
+def test_pixel_range_defaults_to_the_recipe_and_parses_from_env_and_flags() -> None:
+    s = settings_from_env({"RAG_SERVE_MODEL": "m"})
+    assert (s.min_pixels, s.max_pixels) == (None, None)
+    s = settings_from_env({"RAG_SERVE_MODEL": "m", "RAG_SERVE_MIN_PIXELS": "4096", "RAG_SERVE_MAX_PIXELS": ""})
+    assert (s.min_pixels, s.max_pixels) == (4096, None)
+    args = build_parser().parse_args(["mm-embed", "--model", "m", "--max-pixels", "65536"])
+    assert settings_from_args("mm-embed", args, environ={}).max_pixels == 65536
+    with pytest.raises(ValueError, match="min_pixels must be <= max_pixels"):
+        ServerSettings(model="m", min_pixels=10, max_pixels=5)
+    with pytest.raises(ValueError, match="max_pixels must be >= 1"):
+        ServerSettings(model="m", max_pixels=0)
