@@ -1,6 +1,7 @@
 """Milvus multi-vector store (``text_vec`` + ``image_vec``) and hybrid retriever.
 
-``MultiVectorMilvusStore`` needs the ``milvus`` extra; ``HybridRetriever`` also needs ``llamaindex``.
+``MultiVectorMilvusStore`` needs the ``milvus`` extra; ``HybridRetriever`` and ``MilvusFieldVectorStore`` (a
+LlamaIndex vector store over one vector field) also need ``llamaindex``.
 Both are imported lazily so a missing extra is named when the class is first touched.
 """
 
@@ -16,6 +17,7 @@ _LAZY = {
     "StoreItem": "rag_plugins.milvus.items",
     "Fusion": "rag_plugins.milvus.fusion",
     "HybridRetriever": "rag_plugins.milvus.retriever",
+    "MilvusFieldVectorStore": "rag_plugins.milvus.llamaindex_store",
     "TextEmbedder": "rag_plugins.milvus.embedders",
     "ImageSpaceEmbedder": "rag_plugins.milvus.embedders",
     "DimensionMismatchError": "rag_plugins.milvus.errors",

@@ -22,6 +22,18 @@ def literal(value: Any) -> str:
     raise TypeError(f"unsupported filter value type {type(value).__name__}")
 
 
+def in_expr(target: str, values: Sequence[Any]) -> str:
+    """``target`` equal to one of ``values``.
+
+    Milvus rejects a JSON path on the left of ``in`` (``meta["k"] in [...]``), so those become or-ed equalities.
+    """
+    if not target.startswith("meta["):
+        return f"{target} in [{', '.join(literal(v) for v in values)}]"
+    if not values:
+        return "false"
+    return "(" + " or ".join(f"{target} == {literal(v)}" for v in values) + ")"
+
+
 def to_expr(filters: Filter) -> str:
     """Milvus expression for ``filters`` ("" = no filter)."""
     if filters is None:
@@ -31,7 +43,7 @@ def to_expr(filters: Filter) -> str:
     parts = []
     for key, value in filters.items():
         if isinstance(value, Sequence) and not isinstance(value, str):
-            parts.append(f"{key} in [{', '.join(literal(v) for v in value)}]")
+            parts.append(in_expr(key, value))
         else:
             parts.append(f"{key} == {literal(value)}")
     return " and ".join(parts)

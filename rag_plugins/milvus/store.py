@@ -398,3 +398,60 @@ class MultiVectorMilvusStore:
                 for h in result[0]]
         hits.sort(key=lambda h: (-h.score, h.id))
         return hits
+
+    def check_vector(self, field: str, vector: Sequence[float] | np.ndarray) -> np.ndarray:
+        """``vector`` as a float32 array, checked against the dim of ``field``.
+
+        Raises:
+            ValueError: ``field`` is not ``text_vec`` or ``image_vec``.
+            DimensionMismatchError: the vector is not one-dimensional with the field's dim.
+        """
+        if field not in VECTOR_FIELDS:
+            raise ValueError(f"field must be one of {list(VECTOR_FIELDS)}, not {field!r}")
+        dim = self.text_dim if field == TEXT_FIELD else self.image_dim
+        array = np.asarray(vector, np.float32)
+        if array.ndim != 1 or array.shape[0] != dim:
+            raise DimensionMismatchError(
+                f"{field}: got a vector of shape {tuple(array.shape)}, expected ({dim},); embed with the "
+                f"{'text' if field == TEXT_FIELD else 'image-space'} model the collection was built with"
+            )
+        return array
+
+    def search_field(
+        self,
+        field: str,
+        vector: Sequence[float] | np.ndarray,
+        *,
+        top_k: int = 10,
+        filters: Filter = None,
+    ) -> list[Hit]:
+        """Plain ANN search on one vector field (no fusion).
+
+        Rows whose vector for ``field`` is the null stand-in are never returned. The score is the field's
+        metric as Milvus reports it: cosine similarity (``COSINE``) or inner product (``IP``), higher is
+        better. Hits are ordered by score, ties broken by id.
+
+        Args:
+            field: ``text_vec`` or ``image_vec``.
+            vector: Query vector of that field's dim.
+            top_k: Hits returned (at most).
+            filters: Scalar filter (Milvus expression or ``{field: value | [values]}``).
+
+        Raises:
+            ValueError: unknown ``field`` or ``top_k < 1``.
+            DimensionMismatchError: the vector's dim differs from the field's.
+            CollectionNotFoundError: the collection is gone.
+        """
+        self.require_collection()
+        query = self.check_vector(field, vector)
+        if top_k < 1:
+            raise ValueError("top_k must be >= 1")
+        result = self.client.search(
+            self.collection_name, data=[query.tolist()], anns_field=field,
+            search_params=self.index_settings(field).search(), limit=top_k,
+            filter=and_exprs(f"{HAS_FLAG[field]} == true", to_expr(filters)), output_fields=SCALAR_FIELDS,
+        )
+        hits = [Hit(id=str(h["id"]), score=float(h["distance"]), fields=dict(h.get("entity", {})))
+                for h in result[0]]
+        hits.sort(key=lambda h: (-h.score, h.id))
+        return hits

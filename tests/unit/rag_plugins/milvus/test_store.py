@@ -21,7 +21,7 @@ from rag_plugins.milvus.retriever import HybridRetriever
 from rag_plugins.milvus.settings import FieldIndexSettings, MilvusStoreSettings
 from rag_plugins.milvus.store import MultiVectorMilvusStore, null_vector
 from tests.support.milvus_doubles import HashImageSpaceEmbedder
-from tests.unit.rag_plugins.milvus.conftest import make_settings
+from tests.unit.rag_plugins.milvus.conftest import IMAGE_DIM, N_ROWS, TEXT_DIM, RandomStore, make_settings
 
 
 def items(n: int, doc: str = "d") -> list[StoreItem]:
@@ -107,6 +107,15 @@ def test_delete_doc_and_filters(store: MultiVectorMilvusStore) -> None:
     assert {r["doc_id"] for r in store.query({"modality": "image"})} == {"a"}
     store.delete([items(12, "a")[2].key])
     assert store.count() == 11
+
+
+def test_dict_filters_with_lists_work_on_scalar_and_meta_keys(store: MultiVectorMilvusStore) -> None:
+    rows = [StoreItem(text=f"t{i}", doc_id=f"d{i % 3}", meta={"lang": ["en", "de", "fr"][i % 3]}) for i in range(9)]
+    store.upsert(rows, show_progress=False)
+    assert store.count({"doc_id": ["d0", "d1"]}) == 6
+    # Milvus refuses `meta["lang"] in [...]`; the dict form still means "one of these values".
+    assert store.count({'meta["lang"]': ["en", "fr"]}) == 6
+    assert store.count({'meta["lang"]': ["de"], "doc_id": "d1"}) == 3
 
 
 def test_content_keys_are_deterministic() -> None:
@@ -214,3 +223,74 @@ def test_milvus_uri_file_path_does_not_break_import(tmp_path: Path) -> None:
 def test_settings_validation() -> None:
     with pytest.raises(ValueError, match="batch_size"):
         MilvusStoreSettings(batch_size=0)
+
+
+# ------------------------------------------------------------------------------------------- search_field
+def _cosine_ranking(vectors: dict[str, np.ndarray], query: np.ndarray) -> list[tuple[str, float]]:
+    """(id, cosine) best first, ties by id, computed with numpy."""
+    scored = [(k, float(v @ query / (np.linalg.norm(v) * np.linalg.norm(query)))) for k, v in vectors.items()]
+    return sorted(scored, key=lambda s: (-s[1], s[0]))
+
+
+@pytest.mark.parametrize("field", ["text_vec", "image_vec"])
+def test_search_field_equals_brute_force_and_skips_null_vectors(random_store: RandomStore, field: str) -> None:
+    vectors = random_store.text_vecs if field == "text_vec" else random_store.image_vecs
+    assert len(vectors) < N_ROWS  # some rows hold the null stand-in for this field
+    for qt, qi in random_store.queries.values():
+        query = qt if field == "text_vec" else qi
+        expected = _cosine_ranking(vectors, query)
+        hits = random_store.store.search_field(field, query, top_k=N_ROWS)
+        # Every row with a vector for the field, none without (a null row would add hits past len(vectors)).
+        assert [h.id for h in hits] == [k for k, _ in expected]
+        np.testing.assert_allclose([h.score for h in hits], [s for _, s in expected], atol=1e-4)
+        top = random_store.store.search_field(field, query, top_k=5)
+        assert [h.id for h in top] == [k for k, _ in expected[:5]]
+        assert {"doc_id", "text", "meta", "has_text_vec"} <= set(top[0].fields)
+
+
+def test_search_field_filters(random_store: RandomStore) -> None:
+    qt, _ = random_store.queries["q0"]
+    hits = random_store.store.search_field("text_vec", qt, top_k=N_ROWS, filters={"doc_id": ["doc3", "doc4"]})
+    rows = {r["id"]: r for r in random_store.store.get(list(random_store.text_vecs))}
+    expected = _cosine_ranking({k: v for k, v in random_store.text_vecs.items()
+                                if rows[k]["doc_id"] in ("doc3", "doc4")}, qt)
+    assert [h.id for h in hits] == [k for k, _ in expected]
+    assert {h.fields["doc_id"] for h in hits} == {"doc3", "doc4"}
+    page_hits = random_store.store.search_field("text_vec", qt, top_k=N_ROWS, filters="page == 2")
+    assert page_hits
+    assert all(h.fields["page"] == 2 for h in page_hits)
+
+
+def test_search_field_inner_product_scores(tmp_path: Path) -> None:
+    ip = FieldIndexSettings(index_type="FLAT", metric="IP")
+    store = MultiVectorMilvusStore(settings=make_settings(tmp_path, text_dim=5, image_dim=3, text_index=ip,
+                                                          image_index=ip))
+    rng = np.random.default_rng(7)
+    vecs = [rng.normal(size=5).astype(np.float32) * (i + 1) for i in range(6)]  # not normalized
+    keys = store.upsert_vectors([StoreItem(text=f"t{i}", chunk_id=str(i)) for i in range(6)], vecs, [None] * 6)
+    query = rng.normal(size=5).astype(np.float32)
+    dots = sorted(((float(v @ query), k) for k, v in zip(keys, vecs, strict=True)), key=lambda s: (-s[0], s[1]))
+    hits = store.search_field("text_vec", query, top_k=6)
+    assert [h.id for h in hits] == [k for _, k in dots]
+    np.testing.assert_allclose([h.score for h in hits], [s for s, _ in dots], rtol=1e-4)
+    assert store.search_field("image_vec", [1.0, 0.0, 0.0], top_k=6) == []  # only null image vectors
+    store.close()
+
+
+def test_search_field_errors(random_store: RandomStore) -> None:
+    store = random_store.store
+    with pytest.raises(ValueError, match=r"\['text_vec', 'image_vec'\].*'caption'"):
+        store.search_field("caption", np.ones(TEXT_DIM))
+    with pytest.raises(DimensionMismatchError, match=rf"text_vec: got a vector of shape \({IMAGE_DIM},\), "
+                                                     rf"expected \({TEXT_DIM},\)"):
+        store.search_field("text_vec", np.ones(IMAGE_DIM))
+    with pytest.raises(ValueError, match="top_k"):
+        store.search_field("image_vec", np.ones(IMAGE_DIM), top_k=0)
+
+
+def test_search_field_on_dropped_collection(tmp_path: Path) -> None:
+    store = MultiVectorMilvusStore(settings=make_settings(tmp_path, text_dim=4, image_dim=4))
+    store.drop()
+    with pytest.raises(CollectionNotFoundError):
+        store.search_field("text_vec", np.ones(4))
+    store.close()
