@@ -13,10 +13,11 @@ from servers.process import free_port
 from tests.support.serve import REPO_ROOT
 
 
-def test_demo_prints_ranked_hits_and_exits_cleanly() -> None:
+def test_demo_prints_ranked_hits_and_exits_cleanly(tmp_path: Path) -> None:
+    db = tmp_path / "demo.db"
     proc = subprocess.run(
         [sys.executable, "-m", "demo.run", "--query", "Which GPUs cannot use bfloat16?",
-         "--query", "How long should bread bake?"],
+         "--query", "How long should bread bake?", "--milvus-uri", str(db)],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -25,6 +26,17 @@ def test_demo_prints_ranked_hits_and_exits_cleanly() -> None:
     assert first_hits == ["01-pascal-cards.md", "12-cooking.md"], out
     assert "server stopped" in out
     assert "Unclosed" not in proc.stderr
+    # The vectors went to the Milvus Lite file: one row per corpus document, each with a text vector.
+    assert "into Milvus Lite (12 rows with a text vector)" in out
+    from rag_plugins.milvus.settings import MilvusStoreSettings
+    from rag_plugins.milvus.store import MultiVectorMilvusStore
+
+    store = MultiVectorMilvusStore(settings=MilvusStoreSettings(uri=str(db), collection_name="rag_demo"), create=False)
+    try:
+        assert store.count("has_text_vec == true") == 12
+        assert store.text_dim == 384
+    finally:
+        store.close()
 
 
 def test_stack_up_status_down(tmp_path: Path, minilm: Path) -> None:

@@ -37,6 +37,9 @@ def test_demo_image_part_prints_ranked_image_hits(tiny_gme: Path) -> None:
         assert all(h[2] in IMAGE_NAMES for h in hits), block
         scores = [float(h[1]) for h in hits]
         assert scores == sorted(scores, reverse=True), block
+    # The images went into the same Milvus Lite collection as the documents, in its image field.
+    assert "rows with an image vector" in out
+    assert re.search(r"indexed 5 images into the same collection \(5 rows with an image vector", out), out
     assert "mm server stopped" in out
     assert out.rstrip().endswith("server stopped; done.")
 
