@@ -37,6 +37,11 @@ def make_id(*parts: str) -> str:
     return hashlib.sha256(_SEP.join(parts).encode("utf-8")).hexdigest()[:32]
 
 
+def key_for_id(explicit_id: str) -> str:
+    """The primary key of an explicit id (a node id): itself, or its hash when over :data:`ID_MAX_LENGTH`."""
+    return explicit_id if len(explicit_id) <= ID_MAX_LENGTH else make_id("id", explicit_id)
+
+
 @dataclass
 class StoreItem:
     """One text chunk, image, table, ... to store.
@@ -85,7 +90,7 @@ class StoreItem:
         ``chunk_id`` when a chunk id is set; else ``doc_id`` + modality + content (text, caption, image).
         """
         if self.id:
-            return self.id if len(self.id) <= ID_MAX_LENGTH else make_id("id", self.id)
+            return key_for_id(self.id)
         if self.chunk_id:
             return make_id("chunk", self.doc_id, self.chunk_id)
         return make_id("content", self.doc_id, self.modality, self.text, self.caption,

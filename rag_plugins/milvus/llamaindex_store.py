@@ -19,7 +19,7 @@ from typing import Any, Literal
 from pydantic import Field, PrivateAttr
 
 from rag_plugins.milvus.filters import and_exprs, in_expr, literal
-from rag_plugins.milvus.items import ID_MAX_LENGTH, make_id
+from rag_plugins.milvus.items import key_for_id
 from rag_plugins.milvus.nodes import item_from_node, node_from_hit
 from rag_plugins.milvus.store import HAS_FLAG, IMAGE_FIELD, TEXT_FIELD, Hit, MultiVectorMilvusStore
 from rag_plugins.optional import require
@@ -34,11 +34,6 @@ VectorStoreQueryResult = _types.VectorStoreQueryResult
 
 #: Metadata keys that live in scalar columns (filtered as ``key``); every other key is ``meta["key"]``.
 SCALAR_FILTER_KEYS = ("doc_id", "chunk_id", "modality", "uri", "page", "caption")
-
-
-def _key(node_id: str) -> str:
-    """The primary key :class:`~rag_plugins.milvus.items.StoreItem` gives a node id."""
-    return node_id if len(node_id) <= ID_MAX_LENGTH else make_id("id", node_id)
 
 
 def metadata_filters_to_expr(filters: Any) -> str:
@@ -196,7 +191,7 @@ class MilvusFieldVectorStore(BasePydanticVectorStore):  # type: ignore[misc, val
         """
         if node_ids is None and filters is None:
             raise ValueError("give node_ids and/or filters (clear() deletes every row of this field)")
-        expr = and_exprs(in_expr("id", [_key(n) for n in node_ids]) if node_ids is not None else "",
+        expr = and_exprs(in_expr("id", [key_for_id(n) for n in node_ids]) if node_ids is not None else "",
                          metadata_filters_to_expr(filters))
         self._delete_where(expr)
 
@@ -208,7 +203,7 @@ class MilvusFieldVectorStore(BasePydanticVectorStore):  # type: ignore[misc, val
     def get_nodes(self, node_ids: list[str] | None = None, filters: Any = None) -> list[Any]:
         """Nodes (without embeddings) with these ids and/or matching ``filters``, among this field's rows."""
         expr = and_exprs(f"{HAS_FLAG[self.field]} == true",
-                         in_expr("id", [_key(n) for n in node_ids]) if node_ids is not None else "",
+                         in_expr("id", [key_for_id(n) for n in node_ids]) if node_ids is not None else "",
                          metadata_filters_to_expr(filters))
         return [node_from_hit(Hit(id=str(row["id"]), score=0.0, fields=row)) for row in self._store.query(expr)]
 
@@ -231,7 +226,7 @@ class MilvusFieldVectorStore(BasePydanticVectorStore):  # type: ignore[misc, val
         expr = and_exprs(
             metadata_filters_to_expr(query.filters),
             in_expr("doc_id", list(query.doc_ids)) if query.doc_ids else "",
-            in_expr("id", [_key(n) for n in query.node_ids]) if query.node_ids else "",
+            in_expr("id", [key_for_id(n) for n in query.node_ids]) if query.node_ids else "",
         )
         hits = self._store.search_field(self.field, query.query_embedding, top_k=query.similarity_top_k,
                                         filters=expr or None)

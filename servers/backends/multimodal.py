@@ -25,10 +25,17 @@ from servers.backends.torch_runtime import (
     LaneStreams,
     ThreadLocalTokenizer,
     model_load_kwargs,
+    model_max_length,
     pad_batch,
 )
 from servers.errors import InvalidRequestError, RequestTooLargeError
-from servers.recipes.multimodal import IMAGE_PAD, VISION_END, VISION_START, MultiModalRecipe
+from servers.recipes.multimodal import (
+    IMAGE_PAD,
+    VISION_END,
+    VISION_SPECIAL_TOKENS,
+    VISION_START,
+    MultiModalRecipe,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +59,29 @@ class PreparedInput:
     @property
     def truncated(self) -> bool:
         return self.original_length > len(self.ids)
+
+
+def pixel_range(min_pixels: int | None, max_pixels: int | None, default: tuple[int, int]) -> tuple[int, int]:
+    """The image area range in use: the server's bounds where set, else the recipe's ``default``.
+
+    Raises:
+        ValueError: the resulting minimum is above the maximum.
+    """
+    low = min_pixels if min_pixels is not None else default[0]
+    high = max_pixels if max_pixels is not None else default[1]
+    if low > high:
+        raise ValueError(f"min_pixels {low} is above max_pixels {high}")
+    return low, high
+
+
+def check_text_has_no_vision_tokens(text: str | None, what: str = "text") -> None:
+    """Refuse a request text holding vision special tokens (they would be read as image positions).
+
+    Raises:
+        InvalidRequestError: the text holds one.
+    """
+    if text and any(t in text for t in VISION_SPECIAL_TOKENS):
+        raise InvalidRequestError(f"the {what} may not contain vision special tokens such as {IMAGE_PAD}")
 
 
 def load_image_processor(model_dir: Path, min_pixels: int, max_pixels: int) -> Any:
@@ -148,10 +178,7 @@ class QwenVLEmbedder:
         self.placement = placement
         tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
         self._tokenizer = ThreadLocalTokenizer(tokenizer)
-        self.min_pixels = min_pixels if min_pixels is not None else recipe.min_pixels
-        self.max_pixels = max_pixels if max_pixels is not None else recipe.max_pixels
-        if self.min_pixels > self.max_pixels:
-            raise ValueError(f"min_pixels {self.min_pixels} is above max_pixels {self.max_pixels}")
+        self.min_pixels, self.max_pixels = pixel_range(min_pixels, max_pixels, (recipe.min_pixels, recipe.max_pixels))
         self.image_processor = load_image_processor(model_dir, self.min_pixels, self.max_pixels)
         self.merge_size = int(self.image_processor.merge_size)
         model_class = vision_language_class(recipe.model_class)
@@ -161,24 +188,16 @@ class QwenVLEmbedder:
         config = self.model.config
         text_config = config.text_config
         self.dim = int(text_config.hidden_size)
-        model_max = int(getattr(text_config, "max_position_embeddings", max_length) or max_length)
-        self.max_length = min(max_length, model_max)
+        self.max_length = model_max_length(text_config, None, max_length)
         self.image_token_id = int(config.image_token_id)
-        ids = cast(list[int], tokenizer.convert_tokens_to_ids([VISION_START, IMAGE_PAD, VISION_END]))
-        if ids[1] != self.image_token_id:
-            raise ValueError(f"tokenizer's {IMAGE_PAD} is id {ids[1]}, the model's image_token_id is {self.image_token_id}")
-        self.vision_start_id, self.vision_end_id = int(ids[0]), int(ids[2])
-        self._reserved = {self.vision_start_id, self.image_token_id, self.vision_end_id, int(config.video_token_id)}
+        pad_id = tokenizer.convert_tokens_to_ids(IMAGE_PAD)
+        if pad_id != self.image_token_id:
+            raise ValueError(f"tokenizer's {IMAGE_PAD} is id {pad_id}, the model's image_token_id is {self.image_token_id}")
         pad = tokenizer.pad_token_id
         self.pad_token_id = int(pad) if pad is not None else 0
         self._streams = LaneStreams(placement, self.model)
 
     # --------------------------------------------------------------------------------------------- prepare
-    def image_tokens(self, grid_thw: tuple[int, int, int]) -> int:
-        """Tokens an image of this patch grid occupies in the sequence (after the 2x2 merge)."""
-        t, h, w = grid_thw
-        return t * h * w // (self.merge_size**2)
-
     def prepare(
         self, text: str | None, image: Image.Image | None, input_type: InputType, instruction: str | None,
         truncate: bool = True,
@@ -190,6 +209,7 @@ class QwenVLEmbedder:
             RequestTooLargeError: the image's tokens plus the template exceed ``max_length``, or the text
                 does with ``truncate=False``.
         """
+        check_text_has_no_vision_tokens(text)
         tok = self._tokenizer.get()
         prefix = self.recipe.prefix(input_type, instruction)
         image_part = VISION_START + IMAGE_PAD + VISION_END if image is not None else ""
@@ -197,9 +217,6 @@ class QwenVLEmbedder:
         ids: list[int] = tok(prefix + image_part + (text or "") + self.recipe.suffix(), add_special_tokens=False)[
             "input_ids"
         ]
-        text_ids: list[int] = tok(text, add_special_tokens=False)["input_ids"] if text else []
-        if any(t in self._reserved for t in text_ids):
-            raise InvalidRequestError("text may not contain vision special tokens such as <|image_pad|>")
         pixel_values: np.ndarray | None = None
         grid: tuple[int, int, int] | None = None
         n_image = 0
@@ -208,6 +225,8 @@ class QwenVLEmbedder:
             ids = expand_image_pads(ids, self.image_token_id, [n_image])
         original = len(ids)
         if original > self.max_length:
+            # Only an input over the limit needs its text's own tokens (to cut them).
+            text_ids: list[int] = tok(text, add_special_tokens=False)["input_ids"] if text else []
             fixed = original - len(text_ids)
             if fixed > self.max_length:
                 raise RequestTooLargeError(

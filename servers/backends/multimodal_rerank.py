@@ -22,28 +22,30 @@ from PIL import Image
 
 from servers.backends.device import Placement
 from servers.backends.multimodal import (
+    check_text_has_no_vision_tokens,
     expand_image_pads,
     load_image_processor,
+    pixel_range,
     process_image,
     vision_language_class,
     vision_model_inputs,
 )
-from servers.backends.rerank import raw_from_logits
+from servers.backends.rerank import ScoreHead
 from servers.backends.torch_runtime import (
     HostResult,
     LaneStreams,
     ThreadLocalTokenizer,
     model_load_kwargs,
+    model_max_length,
     pad_batch,
 )
-from servers.errors import InvalidRequestError, RequestTooLargeError
+from servers.errors import RequestTooLargeError
 from servers.recipes.multimodal import IMAGE_PAD, VISION_END, VISION_START
 from servers.recipes.rerank import RerankRecipe
 
 logger = logging.getLogger(__name__)
 
 IMAGE_PLACEHOLDER = VISION_START + IMAGE_PAD + VISION_END
-_RESERVED_STRINGS = (VISION_START, IMAGE_PAD, VISION_END, "<|video_pad|>")
 # Private-use characters that mark where the query and document go when the prompt is cut into pieces.
 _Q_MARK, _D_MARK = "\ue000", "\ue001"
 
@@ -120,30 +122,18 @@ class QwenVLPairScorer:
         self.placement = placement
         tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
         self._tokenizer = ThreadLocalTokenizer(tokenizer)
-        self.min_pixels = min_pixels if min_pixels is not None else recipe.vision.min_pixels
-        self.max_pixels = max_pixels if max_pixels is not None else recipe.vision.max_pixels
-        if self.min_pixels > self.max_pixels:
-            raise ValueError(f"min_pixels {self.min_pixels} is above max_pixels {self.max_pixels}")
+        self.min_pixels, self.max_pixels = pixel_range(
+            min_pixels, max_pixels, (recipe.vision.min_pixels, recipe.vision.max_pixels)
+        )
         self.image_processor = load_image_processor(model_dir, self.min_pixels, self.max_pixels)
         model_class = vision_language_class(recipe.vision.model_class)
         full: Any = model_class.from_pretrained(str(model_dir), **model_load_kwargs(placement))
-        head = full.get_output_embeddings()
-        rows = torch.tensor(list(recipe.head_token_ids), dtype=torch.long, device=head.weight.device)
-        self.head_weight = head.weight.detach().index_select(0, rows).to(placement.device, torch.float32).clone()
-        bias = getattr(head, "bias", None)
-        self.head_bias = (
-            bias.detach().index_select(0, rows).to(placement.device, torch.float32).clone() if bias is not None else None
-        )
+        self.head = ScoreHead.from_layer(full.get_output_embeddings(), placement.device, recipe.head_token_ids)
         # Keep the inner model (vision tower + decoder); the full LM head is freed with the wrapper.
         self.model: Any = cast(Any, full.model).to(placement.device).eval()
         config = full.config
         del full
-        text_config = config.text_config
-        limit = int(getattr(text_config, "max_position_embeddings", max_length) or max_length)
-        tok_max = getattr(tokenizer, "model_max_length", None)
-        if isinstance(tok_max, int) and 0 < tok_max < 1_000_000:
-            limit = min(limit, tok_max)
-        self.max_length = min(max_length, limit)
+        self.max_length = model_max_length(config.text_config, tokenizer, max_length)
         self.image_token_id = int(config.image_token_id)
         if tokenizer.convert_tokens_to_ids(IMAGE_PAD) != self.image_token_id:
             raise ValueError(f"tokenizer's {IMAGE_PAD} is not the model's image_token_id {self.image_token_id}")
@@ -165,9 +155,8 @@ class QwenVLPairScorer:
             RequestTooLargeError: the template and images alone exceed ``max_length``, or the pair does with
                 ``truncate=False``.
         """
-        for name, side in (("query", query), ("document", doc)):
-            if side.text and any(t in side.text for t in _RESERVED_STRINGS):
-                raise InvalidRequestError(f"the {name} text may not contain vision special tokens such as {IMAGE_PAD}")
+        check_text_has_no_vision_tokens(query.text, "query text")
+        check_text_has_no_vision_tokens(doc.text, "document text")
         tok = self._tokenizer.get()
         images = [s.image for s in (query, doc) if s.image is not None]
         counts = [im.tokens for im in images]
@@ -232,8 +221,4 @@ class QwenVLPairScorer:
             grids = [g for p in batch for g in p.grids]
             out = self.model(**vision_model_inputs(self.model, ids, mask, self.image_token_id, pixels, grids))
             # Left padding: the last column is every row's last real token.
-            last = out.last_hidden_state[:, -1].float()
-            logits = last @ self.head_weight.T
-            if self.head_bias is not None:
-                logits = logits + self.head_bias
-            return HostResult(raw_from_logits(logits))
+            return HostResult(self.head.raw(out.last_hidden_state[:, -1]))

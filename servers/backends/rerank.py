@@ -10,6 +10,7 @@ read at each row's last real token.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from servers.backends.torch_runtime import (
     ThreadLocalTokenizer,
     last_token_index,
     model_load_kwargs,
+    model_max_length,
     pad_batch,
     positions_from_mask,
 )
@@ -67,15 +69,37 @@ def raw_from_logits(logits: torch.Tensor) -> torch.Tensor:
     return logits[:, 1] - logits[:, 0]
 
 
-def _model_max_length(config: Any, tokenizer: Any, requested: int) -> int:
-    limit = requested
-    positions = getattr(config, "max_position_embeddings", None)
-    if positions:
-        limit = min(limit, int(positions))
-    tok_max = getattr(tokenizer, "model_max_length", None)
-    if isinstance(tok_max, int) and 0 < tok_max < 1_000_000:
-        limit = min(limit, tok_max)
-    return limit
+@dataclass(frozen=True)
+class ScoreHead:
+    """The few output rows a reranker's raw score comes from, float32 on the device.
+
+    Attributes:
+        weight: (labels, hidden): the LM-head rows ``[no, yes]`` of a yes/no reranker, or a classifier's
+            ``score`` layer.
+        bias: (labels,) or None.
+    """
+
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+
+    @classmethod
+    def from_layer(cls, layer: Any, device: torch.device, rows: Sequence[int] | None = None) -> ScoreHead:
+        """Copy ``layer``'s weight (and bias) rows ``rows`` (all rows when None) to ``device`` in float32."""
+        weight = layer.weight.detach()
+        bias = layer.bias.detach() if getattr(layer, "bias", None) is not None else None
+        if rows is not None:
+            index = torch.tensor(list(rows), dtype=torch.long, device=weight.device)
+            weight = weight.index_select(0, index)
+            bias = bias.index_select(0, index) if bias is not None else None
+        return cls(weight.to(device, torch.float32).clone(),
+                   bias.to(device, torch.float32).clone() if bias is not None else None)
+
+    def raw(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Raw scores (see :func:`raw_from_logits`) of last-token hidden states (n, hidden). Returns (n,)."""
+        logits = hidden.float() @ self.weight.T
+        if self.bias is not None:
+            logits = logits + self.bias
+        return raw_from_logits(logits)
 
 
 class DecoderPairScorer:
@@ -99,21 +123,15 @@ class DecoderPairScorer:
         kwargs = model_load_kwargs(placement)
         if recipe.head_token_ids is not None:
             model = AutoModelForCausalLM.from_pretrained(str(model_dir), **kwargs)
-            head = model.get_output_embeddings()
-            rows = torch.tensor(list(recipe.head_token_ids), dtype=torch.long, device=head.weight.device)
-            weight = head.weight.detach().index_select(0, rows)
-            bias = head.bias.detach().index_select(0, rows) if getattr(head, "bias", None) is not None else None
+            self.head = ScoreHead.from_layer(model.get_output_embeddings(), placement.device, recipe.head_token_ids)
         else:
             model = AutoModelForSequenceClassification.from_pretrained(str(model_dir), **kwargs)
-            weight = model.score.weight.detach()
-            bias = model.score.bias.detach() if getattr(model.score, "bias", None) is not None else None
+            self.head = ScoreHead.from_layer(model.score, placement.device)
         config = model.config
         # Keep only the decoder stack: the full LM head (untied on larger models) is freed with the wrapper.
         self.model = getattr(model, model.base_model_prefix).to(placement.device).eval()
-        self.head_weight = weight.to(placement.device, torch.float32).clone()
-        self.head_bias = bias.to(placement.device, torch.float32).clone() if bias is not None else None
         del model
-        self.max_length = _model_max_length(config, tokenizer, max_length)
+        self.max_length = model_max_length(config, tokenizer, max_length)
         self.prefix_ids: list[int] = list(tokenizer.encode(self.template.prefix, add_special_tokens=False))
         self.suffix_ids: list[int] = list(tokenizer.encode(self.template.suffix, add_special_tokens=False))
         self.middle_budget = self.max_length - len(self.prefix_ids) - len(self.suffix_ids)
@@ -155,11 +173,7 @@ class DecoderPairScorer:
             )
             hidden = out.last_hidden_state
             rows = torch.arange(hidden.shape[0], device=hidden.device)
-            last = hidden[rows, last_token_index(mask)].float()
-            logits = last @ self.head_weight.T
-            if self.head_bias is not None:
-                logits = logits + self.head_bias
-            return HostResult(raw_from_logits(logits))
+            return HostResult(self.head.raw(hidden[rows, last_token_index(mask)]))
 
 
 class CrossEncoderPairScorer:
@@ -176,7 +190,7 @@ class CrossEncoderPairScorer:
             str(model_dir), **model_load_kwargs(placement)
         )
         self.model.to(placement.device).eval()
-        self.max_length = _model_max_length(self.model.config, tokenizer, max_length)
+        self.max_length = model_max_length(self.model.config, tokenizer, max_length)
         self.pad_token_id = int(tokenizer.pad_token_id or 0)
         self._wants_token_types = "token_type_ids" in getattr(tokenizer, "model_input_names", [])
         self._streams = LaneStreams(placement, self.model)

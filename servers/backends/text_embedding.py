@@ -17,6 +17,7 @@ from servers.backends.torch_runtime import (
     ThreadLocalTokenizer,
     last_token_index,
     model_load_kwargs,
+    model_max_length,
     pad_batch,
     positions_from_mask,
 )
@@ -84,8 +85,7 @@ class LastTokenEmbedder:
         self.model.to(placement.device).eval()
         config = self.model.config
         self.dim = int(config.hidden_size)
-        model_max = int(getattr(config, "max_position_embeddings", max_length) or max_length)
-        self.max_length = min(max_length, model_max)
+        self.max_length = model_max_length(config, None, max_length)
         self.vocab_size = int(config.vocab_size)
         eos = recipe.eos_token_id if recipe.eos_token_id is not None else tokenizer.eos_token_id
         self.eos_token_id: int | None = int(eos) if eos is not None else None

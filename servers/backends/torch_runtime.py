@@ -194,3 +194,21 @@ def last_token_index(mask: torch.Tensor) -> torch.Tensor:
 def model_load_kwargs(placement: Placement) -> dict[str, Any]:
     """Keyword arguments for ``from_pretrained`` that apply the chosen dtype and attention."""
     return {"dtype": placement.dtype, "attn_implementation": placement.attention}
+
+
+def model_max_length(config: Any, tokenizer: Any | None, requested: int) -> int:
+    """``requested`` capped by the model's positions and, when given, the tokenizer's own limit.
+
+    Args:
+        config: The (text) config; its ``max_position_embeddings`` bounds the length when set.
+        tokenizer: Its ``model_max_length`` bounds it too when it is a real limit (not the "unset" sentinel).
+        requested: The server's ``--max-length``.
+    """
+    limit = requested
+    positions = getattr(config, "max_position_embeddings", None)
+    if positions:
+        limit = min(limit, int(positions))
+    tok_max = getattr(tokenizer, "model_max_length", None) if tokenizer is not None else None
+    if isinstance(tok_max, int) and 0 < tok_max < 1_000_000:
+        limit = min(limit, tok_max)
+    return limit

@@ -40,6 +40,8 @@ QWEN3_VL_DEFAULT_QUERY_INSTRUCTION = "Retrieve images or text relevant to the us
 VISION_START = "<|vision_start|>"
 VISION_END = "<|vision_end|>"
 IMAGE_PAD = "<|image_pad|>"
+#: Vision special tokens a request's text may not hold (they would be read as image positions).
+VISION_SPECIAL_TOKENS = (VISION_START, IMAGE_PAD, VISION_END, "<|video_pad|>")
 
 Punctuation = Literal["ascii", "unicode"]
 

@@ -129,12 +129,14 @@ class VisionRerankerSpec:
     """What a vision-language ``model_type`` reranks with.
 
     Attributes:
+        name: The template's name in the recipe label.
         template: Prompt around the pair.
         model_class: transformers class with the LM head (its decoder runs; two head rows are kept).
         min_pixels: Default image area lower bound (``--min-pixels`` overrides).
         max_pixels: Default upper bound (``--max-pixels`` overrides).
     """
 
+    name: str
     template: PairTemplate
     model_class: str
     min_pixels: int
@@ -143,10 +145,10 @@ class VisionRerankerSpec:
 
 #: ``model_type`` values of vision-language models whose yes/no reranking this project implements.
 VISION_RERANKERS: dict[str, VisionRerankerSpec] = {
-    "qwen2_vl": VisionRerankerSpec(QWEN3_RERANKER_TEMPLATE, "Qwen2VLForConditionalGeneration",
+    "qwen2_vl": VisionRerankerSpec("qwen3-reranker", QWEN3_RERANKER_TEMPLATE, "Qwen2VLForConditionalGeneration",
                                    256 * 28 * 28, 1280 * 28 * 28),
-    "qwen3_vl": VisionRerankerSpec(QWEN3_VL_RERANKER_TEMPLATE, "Qwen3VLForConditionalGeneration",
-                                   4 * 32 * 32, 1280 * 32 * 32),
+    "qwen3_vl": VisionRerankerSpec("qwen3-vl-reranker", QWEN3_VL_RERANKER_TEMPLATE,
+                                   "Qwen3VLForConditionalGeneration", 4 * 32 * 32, 1280 * 32 * 32),
 }
 
 
@@ -301,9 +303,8 @@ def _vision_yes_no_recipe(model_dir: Path, config: dict[str, Any], tokenizer: An
             f"{model_dir}: a {config.get('model_type')} model can rerank only when its tokenizer has single "
             "'yes'/'no' tokens, the ChatML tokens and the vision tokens of the Qwen-VL template"
         )
-    template_name = "qwen3-vl-reranker" if spec.template is QWEN3_VL_RERANKER_TEMPLATE else "qwen3-reranker"
     return RerankRecipe(
-        name=f"{model_type} yes/no ({template_name} template, images in the user turn)",
+        name=f"{model_type} yes/no ({spec.name} template, images in the user turn)",
         kind="vision-decoder",
         scoring=recipe.scoring,
         activation="sigmoid",

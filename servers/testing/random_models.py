@@ -207,16 +207,23 @@ def save_qwen3_reranker(target: Path, tokenizer_dir: Path, shape: str = "tiny", 
     return save_repo(model, target, tokenizer_dir)
 
 
-def _save_qwen2_vl(target: Path, tokenizer_dir: Path, shape: str, *, tie_word_embeddings: bool, device: str,
-                   dtype: str, seed: int) -> Path:
-    from transformers import Qwen2VLForConditionalGeneration
+def _save_vision_language(target: Path, tokenizer_dir: Path, model_class: str, config: Any, *, device: str,
+                          dtype: str, seed: int, **image_processor: Any) -> Path:
+    """Random weights of ``transformers.<model_class>(config)``, the tokenizer and a PIL image processor config."""
+    import transformers
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-    config = qwen2_vl_config(shape, tie_word_embeddings=tie_word_embeddings)
-    model = build_random_model(Qwen2VLForConditionalGeneration, config, device=device, dtype=dtype, seed=seed)
+    model = build_random_model(getattr(transformers, model_class), config, device=device, dtype=dtype, seed=seed)
     save_repo(model, target, tokenizer_dir)
-    Qwen2VLImageProcessorPil().save_pretrained(str(target))
+    Qwen2VLImageProcessorPil(**image_processor).save_pretrained(str(target))
     return target
+
+
+def _save_qwen2_vl(target: Path, tokenizer_dir: Path, shape: str, *, tie_word_embeddings: bool, device: str,
+                   dtype: str, seed: int) -> Path:
+    return _save_vision_language(target, tokenizer_dir, "Qwen2VLForConditionalGeneration",
+                                 qwen2_vl_config(shape, tie_word_embeddings=tie_word_embeddings), device=device,
+                                 dtype=dtype, seed=seed)
 
 
 def save_gme_qwen2_vl(target: Path, tokenizer_dir: Path, shape: str = "tiny", *, device: str = "cpu",
@@ -236,16 +243,11 @@ def save_qwen2_vl_reranker(target: Path, tokenizer_dir: Path, shape: str = "tiny
 
 def _save_qwen3_vl(target: Path, tokenizer_dir: Path, shape: str, *, tie_word_embeddings: bool, device: str,
                    dtype: str, seed: int) -> Path:
-    from transformers import Qwen3VLForConditionalGeneration
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
-
-    config = qwen3_vl_config(shape, tie_word_embeddings=tie_word_embeddings)
-    model = build_random_model(Qwen3VLForConditionalGeneration, config, device=device, dtype=dtype, seed=seed)
-    save_repo(model, target, tokenizer_dir)
     # The Qwen3-VL repositories' image processor: patch 16, 2x2 merge, mean/std 0.5.
-    Qwen2VLImageProcessorPil(patch_size=16, merge_size=2, temporal_patch_size=2, image_mean=[0.5, 0.5, 0.5],
-                             image_std=[0.5, 0.5, 0.5]).save_pretrained(str(target))
-    return target
+    return _save_vision_language(target, tokenizer_dir, "Qwen3VLForConditionalGeneration",
+                                 qwen3_vl_config(shape, tie_word_embeddings=tie_word_embeddings), device=device,
+                                 dtype=dtype, seed=seed, patch_size=16, merge_size=2, temporal_patch_size=2,
+                                 image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5])
 
 
 def save_qwen3_vl_embedding(target: Path, tokenizer_dir: Path, shape: str = "tiny", *, device: str = "cpu",

@@ -75,6 +75,9 @@ def test_shape_errors(mm_server: str) -> None:
     expect(mm_server, {"images": []}, 422, "images")
     expect(mm_server, {"input": [{"text": ""}]}, 422, "text", route="/v1/embeddings")
     expect(mm_server, {"images": [ok], "dimensions": 4096}, 400, "dimensions")
+    # A text smuggling an image placeholder would be read as image positions: refused, alone or fused.
+    expect(mm_server, {"texts": ["see <|image_pad|> here"]}, 400, "vision special tokens", route="/embed")
+    expect(mm_server, {"images": [ok], "texts": ["<|vision_start|>"]}, 400, "vision special tokens")
 
 
 def test_body_over_cap(mm_server: str) -> None:

@@ -56,3 +56,34 @@ async def test_multi_image_requests_never_take_the_priority_thread_or_lane(engin
     assert observed["text query"] == ({True}, [True])
     assert observed["image query"] == ({True}, [True])
     assert observed["two images"] == ({False}, [False])
+
+
+def test_long_text_is_cut_at_its_end_keeping_template_and_image(engine_model: Path) -> None:
+    from transformers import AutoTokenizer
+
+    from servers.errors import RequestTooLargeError
+
+    settings = ServerSettings(model=str(engine_model), kind="mm-embed", device="cpu", warmup=False, max_length=64,
+                              min_pixels=4 * 28 * 28, max_pixels=16 * 28 * 28)
+    backend = MultiModalEmbeddingEngine.from_settings(settings).backend
+    tok = AutoTokenizer.from_pretrained(str(engine_model))
+    recipe = backend.recipe
+    text = " ".join(f"word{i}" for i in range(80))
+    text_ids = tok(text, add_special_tokens=False)["input_ids"]
+    image = Image.new("RGB", (56, 56), "red")
+    for with_image in (False, True):
+        p = backend.prepare(text, image if with_image else None, "document", None)
+        head = tok(recipe.prefix("document", None) + ("<|vision_start|><|image_pad|><|vision_end|>" if with_image
+                                                       else ""), add_special_tokens=False)["input_ids"]
+        if with_image:
+            at = head.index(backend.image_token_id)
+            head = [*head[:at], *[backend.image_token_id] * p.ids.count(backend.image_token_id), *head[at + 1:]]
+        tail = tok(recipe.suffix(), add_special_tokens=False)["input_ids"]
+        keep = 64 - len(head) - len(tail)
+        assert p.ids == [*head, *text_ids[:keep], *tail]
+        assert p.truncated
+        assert p.original_length == len(head) + len(text_ids) + len(tail)
+    with pytest.raises(RequestTooLargeError, match="truncate=true"):
+        backend.prepare(text, None, "document", None, truncate=False)
+    short = backend.prepare("a short text", None, "document", None, truncate=False)
+    assert not short.truncated
