@@ -54,6 +54,10 @@ FLAG_HELP: dict[str, str] = {
                   "(default: the recipe's, GME 256*28*28, Qwen3-VL 4*32*32)",
     "max_pixels": "mm-embed/multimodal rerank: images larger than this area are downscaled for the model, bounding "
                   "image tokens (default: the recipe's, GME 1280*28*28, Qwen3-VL 1800*32*32 embed, 1280*32*32 rerank)",
+    "vision_positions": "mm-embed/multimodal rerank: decoder position ids: recipe (GME: sequential, as its published "
+                        "code; Qwen3-VL and Lychee: M-RoPE), sequential, or mrope (vLLM-compatible GME vectors)",
+    "prompt_template": "rerank (yes/no models): JSON file {prefix, middle, suffix, default_instruction?, empty_side?} "
+                       "replacing the recipe's prompt; middle holds {instruction}, {query} and {doc}",
 }
 
 

@@ -57,6 +57,10 @@ class ServerSettings:
     # None: the model recipe's range (GME 256..1280 x 28², Qwen3-VL 4..1800 x 32² embed / 4..1280 x 32² rerank).
     min_pixels: int | None = None
     max_pixels: int | None = None
+    # Vision-language models: decoder positions (recipe: GME sequential, Qwen3-VL / Lychee M-RoPE).
+    vision_positions: str = "recipe"
+    # Yes/no rerankers: a JSON file replacing the recipe's prompt template.
+    prompt_template: str | None = None
 
     def __post_init__(self) -> None:
         problems = []
@@ -67,6 +71,8 @@ class ServerSettings:
                 problems.append(f"{name} must be >= 1")
         if self.bulk_workers < 1:
             problems.append("bulk_workers must be >= 1")
+        if self.vision_positions not in ("recipe", "sequential", "mrope"):
+            problems.append("vision_positions must be 'recipe', 'sequential' or 'mrope'")
         if self.last_token_padding not in ("left", "right"):
             problems.append("last_token_padding must be 'left' or 'right'")
         for name in ("max_image_bytes", "max_image_pixels", "min_pixels", "max_pixels"):
