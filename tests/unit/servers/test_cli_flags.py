@@ -20,7 +20,7 @@ from fastapi.testclient import TestClient
 from servers.app import create_app
 from servers.cli import build_parser, serve, settings_from_args
 from servers.kinds import KINDS
-from servers.testing.random_models import save_gme_qwen2_vl, save_qwen2_vl_reranker
+from testkit.random_models import save_gme_qwen2_vl, save_qwen2_vl_reranker
 
 KEY = "flag-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
