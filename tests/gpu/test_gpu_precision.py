@@ -64,7 +64,7 @@ def test_multimodal_half_precision_close_to_fp32(
     """Images, texts and fused inputs through the mm engine in half precision on the GPU vs fp32 on the CPU."""
     from PIL import Image
 
-    from servers.testing.random_models import save_gme_qwen2_vl, save_qwen3_vl_embedding
+    from testkit.random_models import save_gme_qwen2_vl, save_qwen3_vl_embedding
 
     save = save_gme_qwen2_vl if family == "gme" else save_qwen3_vl_embedding
     model = save(tmp_path / family, qwen_tokenizer_plain_dir)

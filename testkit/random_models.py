@@ -26,7 +26,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from servers.testing.qwen_tokenizer import ENDOFTEXT_ID, QWEN3_VOCAB_SIZE
+from testkit.qwen_tokenizer import ENDOFTEXT_ID, QWEN3_VOCAB_SIZE
 
 IM_END_ID = 151645
 
