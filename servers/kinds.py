@@ -27,7 +27,7 @@ COMMON_SETTINGS: frozenset[str] = frozenset({
 #: Settings of servers that take images (sources, checks, the model's pixel range).
 IMAGE_SETTINGS: frozenset[str] = frozenset({
     "image_root", "allow_url_images", "max_image_bytes", "max_image_pixels", "url_timeout_s", "min_pixels",
-    "max_pixels",
+    "max_pixels", "vision_positions",
 })
 
 
@@ -80,7 +80,7 @@ KINDS: Mapping[str, ServerKindSpec] = MappingProxyType({
             summary="serve one reranker (/rerank, /v1/rerank, /v2/rerank, /score); images need a multimodal one",
             engine="servers.engines.rerank:RerankEngine",
             routers=("servers.routes.rerank:router",),
-            settings=COMMON_SETTINGS | IMAGE_SETTINGS,
+            settings=COMMON_SETTINGS | IMAGE_SETTINGS | {"prompt_template"},
         ),
         ServerKindSpec(
             name="mm-embed",

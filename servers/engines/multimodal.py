@@ -123,7 +123,7 @@ class MultiModalEmbeddingEngine(EngineBase[PreparedInput, np.ndarray]):
             "scoring": None, "modalities": ["text", "image", "text+image"],
             "min_pixels": b.min_pixels, "max_pixels": b.max_pixels, "max_image_pixels": s.max_image_pixels,
             "max_image_bytes": s.max_image_bytes, "image_paths": bool(s.image_root),
-            "url_images": s.allow_url_images,
+            "url_images": s.allow_url_images, "vision_positions": b.positions,
         }
 
     # ----------------------------------------------------------------------------------------- internals

@@ -234,6 +234,7 @@ class RerankEngine(EngineBase[Any, Any]):
             "modalities": self.recipe.modalities,
             **(
                 {"min_pixels": b.min_pixels, "max_pixels": b.max_pixels, "max_image_pixels": s.max_image_pixels,
+                 "vision_positions": b.positions,
                  "image_paths": bool(s.image_root), "url_images": s.allow_url_images}
                 if isinstance(b := self.backend, QwenVLPairScorer) else {}
             ),

@@ -53,7 +53,11 @@ def _argv(kind: str, model: Path, image_root: Path) -> list[str]:
     if "image_root" in KINDS[kind].settings:
         argv += ["--image-root", str(image_root), "--allow-url-images", "--max-image-bytes", "123456",
                  "--max-image-pixels", "2000000", "--url-timeout-s", "2.5", "--min-pixels", str(8 * 28 * 28),
-                 "--max-pixels", str(32 * 28 * 28)]
+                 "--max-pixels", str(32 * 28 * 28), "--vision-positions", "mrope"]
+    if "prompt_template" in KINDS[kind].settings:
+        template = image_root / "template.json"
+        template.write_text('{"middle": "<Instruct>: {instruction}<Q>: {query}<D>: {doc}"}')
+        argv += ["--prompt-template", str(template)]
     return argv
 
 
@@ -81,9 +85,10 @@ INFO_CHECKS: dict[str, tuple[str, Any]] = {
     "url_timeout_s": ("url_timeout_s", 2.5),
     "min_pixels": ("min_pixels", 8 * 28 * 28),
     "max_pixels": ("max_pixels", 32 * 28 * 28),
+    "vision_positions": ("vision_positions", "mrope"),
 }
 #: ``model`` and ``image_root`` are checked against paths only known at run time.
-RUNTIME_INFO_CHECKS = {"model", "image_root"}
+RUNTIME_INFO_CHECKS = {"model", "image_root", "prompt_template"}
 
 
 def test_every_flag_has_an_observation() -> None:
@@ -161,6 +166,8 @@ def test_every_flag_reaches_the_server(
             assert info.get(key) == expected, f"{kind} --{flag}: /info {key}={info.get(key)!r}, want {expected!r}"
         if "image_root" in flags:
             assert info["image_roots"] == [str(tmp_path.resolve())]
+        if "prompt_template" in flags:
+            assert info["recipe"].endswith(f"template from {tmp_path / 'template.json'}")
         assert info["max_client_batch"] == 5
         too_many = {"texts": ["x"] * 6} if kind != "rerank" else {"query": "q", "docs": ["d"] * 6}
         resp = client.post("/embed" if kind != "rerank" else "/rerank", json=too_many, headers=AUTH)
@@ -169,9 +176,4 @@ def test_every_flag_reaches_the_server(
         big = client.post("/embed", content=b"x" * 150_001, headers={**AUTH, "Content-Type": "application/json"})
         assert big.status_code == 413  # max_body_bytes
         assert "max-body-bytes" in big.json()["error"]["message"]
-        try:
-            _instruction_reaches_engine(kind, client)
-        except AssertionError:
-            if kind == "rerank":
-                raise
-            pytest.xfail("--instruction for embed/mm-embed is wired in the engines by their owner (issue 10)")
+        _instruction_reaches_engine(kind, client)
