@@ -46,7 +46,9 @@ def _argv(kind: str, model: Path, image_root: Path) -> list[str]:
         "--max-batch-tokens", "2000", "--max-batch-size", "7", "--max-wait-ms", "3.5", "--max-queue-items", "999",
         "--max-client-batch", "5", "--max-body-bytes", "150000", "--bulk-workers", "2", "--priority-max-items",
         "3", "--priority-max-tokens", "555", "--tokenizer-threads", "3", "--retry-after-s", "4",
-        "--instruction", INSTRUCTION, "--log-level", "warning", "--no-warmup",
+        "--instruction", INSTRUCTION, "--log-level", "warning", "--no-warmup", "--cuda-graphs", "off",
+        "--compile", "off", "--cuda-graph-max-batch", "4", "--cuda-graph-max-length", "256",
+        "--compile-cache-dir", "/tmp/flag-inductor-cache",
     ]
     if "last_token_padding" in KINDS[kind].settings:
         argv += ["--last-token-padding", "left"]
@@ -86,6 +88,11 @@ INFO_CHECKS: dict[str, tuple[str, Any]] = {
     "min_pixels": ("min_pixels", 8 * 28 * 28),
     "max_pixels": ("max_pixels", 32 * 28 * 28),
     "vision_positions": ("vision_positions", "mrope"),
+    "cuda_graphs": ("cuda_graphs", "off"),
+    "compile": ("compile", "off"),
+    "cuda_graph_max_batch": ("cuda_graph_max_batch", 4),
+    "cuda_graph_max_length": ("cuda_graph_max_length", 256),
+    "compile_cache_dir": ("compile_cache_dir", "/tmp/flag-inductor-cache"),
 }
 #: ``model`` and ``image_root`` are checked against paths only known at run time.
 RUNTIME_INFO_CHECKS = {"model", "image_root", "prompt_template"}
