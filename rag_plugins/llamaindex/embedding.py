@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from llama_index.core.base.embeddings.base import BaseEmbedding
 from pydantic import Field, PrivateAttr
 
 from rag_plugins.embedding_client import (
@@ -14,13 +15,10 @@ from rag_plugins.embedding_client import (
     EmbeddingClient,
 )
 from rag_plugins.http import DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT_S
-from rag_plugins.optional import require
-from rag_plugins.text_embedding_methods import ClientTextEmbeddingMethods
-
-BaseEmbedding = require("llama_index.core.base.embeddings.base", "llamaindex").BaseEmbedding
+from rag_plugins.llamaindex.text_methods import ClientTextEmbeddingMethods
 
 
-class LocalEmbedding(ClientTextEmbeddingMethods, BaseEmbedding):  # type: ignore[misc, valid-type]
+class LocalEmbedding(ClientTextEmbeddingMethods, BaseEmbedding):
     """Text embeddings from a local server, for LlamaIndex indexes and query engines.
 
     ``api_style="native"`` talks to rag-serve's ``/embed`` (the server applies the model's query

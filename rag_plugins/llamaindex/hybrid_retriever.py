@@ -6,22 +6,19 @@ import asyncio
 from typing import Any
 
 import numpy as np
+from llama_index.core.base.base_retriever import BaseRetriever
+from llama_index.core.callbacks import CallbackManager
+from llama_index.core.postprocessor.types import BaseNodePostprocessor
+from llama_index.core.schema import NodeWithScore, QueryBundle
 
 from rag_plugins.http import run_sync
+from rag_plugins.llamaindex.milvus_nodes import node_from_hit
 from rag_plugins.milvus.filters import Filter
 from rag_plugins.milvus.fusion import DEFAULT_RRF_K, Fusion
-from rag_plugins.milvus.nodes import node_from_hit
 from rag_plugins.milvus.store import MultiVectorMilvusStore
-from rag_plugins.optional import require
-
-_base_retriever = require("llama_index.core.base.base_retriever", "llamaindex")
-_schema = require("llama_index.core.schema", "llamaindex")
-BaseRetriever = _base_retriever.BaseRetriever
-NodeWithScore = _schema.NodeWithScore
-QueryBundle = _schema.QueryBundle
 
 
-class HybridRetriever(BaseRetriever):  # type: ignore[misc, valid-type]
+class HybridRetriever(BaseRetriever):
     """Search ``text_vec`` and ``image_vec`` together and fuse (RRF or weighted), then optionally rerank.
 
     The query is embedded by the store's text embedder (``input_type="query"``) and, when the store has one,
@@ -61,10 +58,10 @@ class HybridRetriever(BaseRetriever):  # type: ignore[misc, valid-type]
         text_limit: int | None = None,
         image_limit: int | None = None,
         filters: Filter = None,
-        reranker: Any = None,
+        reranker: BaseNodePostprocessor | None = None,
         use_text: bool = True,
         use_image: bool = True,
-        callback_manager: Any = None,
+        callback_manager: CallbackManager | None = None,
     ) -> None:
         if top_k < 1:
             raise ValueError("top_k must be >= 1")
@@ -97,7 +94,9 @@ class HybridRetriever(BaseRetriever):  # type: ignore[misc, valid-type]
                 None if image_out is None else np.asarray(image_out)[0])
 
     # ------------------------------------------------------------------------------------------ search
-    def _search(self, text_vec: Any, image_vec: Any, overrides: dict[str, Any]) -> list[Any]:
+    def _search(
+        self, text_vec: np.ndarray | None, image_vec: np.ndarray | None, overrides: dict[str, Any]
+    ) -> list[NodeWithScore]:
         fusion = self.fusion.with_overrides(overrides.get("fusion"), overrides.get("rrf_k"), overrides.get("weights"))
         hits = self.store.search(
             text_vec, image_vec, fusion=fusion, top_k=overrides.get("top_k") or self.top_k,
@@ -112,10 +111,10 @@ class HybridRetriever(BaseRetriever):  # type: ignore[misc, valid-type]
         return {k: v for k, v in kwargs.items() if v is not None}
 
     def retrieve_with(
-        self, query: str | Any, *, fusion: str | None = None, rrf_k: int | None = None,
+        self, query: str | QueryBundle, *, fusion: str | None = None, rrf_k: int | None = None,
         weights: tuple[float, float] | None = None, top_k: int | None = None, text_limit: int | None = None,
         image_limit: int | None = None, filters: Filter = None, rerank: bool = True,
-    ) -> list[Any]:
+    ) -> list[NodeWithScore]:
         """:meth:`retrieve` with per-query overrides of fusion, k, weights, limits and filters."""
         # The async path on the clients' shared background loop (works inside Jupyter too).
         return run_sync(self.aretrieve_with(
@@ -124,10 +123,10 @@ class HybridRetriever(BaseRetriever):  # type: ignore[misc, valid-type]
         ))
 
     async def aretrieve_with(
-        self, query: str | Any, *, fusion: str | None = None, rrf_k: int | None = None,
+        self, query: str | QueryBundle, *, fusion: str | None = None, rrf_k: int | None = None,
         weights: tuple[float, float] | None = None, top_k: int | None = None, text_limit: int | None = None,
         image_limit: int | None = None, filters: Filter = None, rerank: bool = True,
-    ) -> list[Any]:
+    ) -> list[NodeWithScore]:
         """Per-query overrides of fusion, k, weights, limits and filters (async)."""
         bundle = query if isinstance(query, QueryBundle) else QueryBundle(query_str=query)
         overrides = self._overrides(fusion=fusion, rrf_k=rrf_k, weights=weights, top_k=top_k,
@@ -138,8 +137,8 @@ class HybridRetriever(BaseRetriever):  # type: ignore[misc, valid-type]
             nodes = await self.reranker.apostprocess_nodes(nodes, query_bundle=bundle)
         return nodes
 
-    def _retrieve(self, query_bundle: Any) -> list[Any]:
+    def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
         return self.retrieve_with(query_bundle)
 
-    async def _aretrieve(self, query_bundle: Any) -> list[Any]:
+    async def _aretrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
         return await self.aretrieve_with(query_bundle)

@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
+import base64
 from typing import TYPE_CHECKING, Any
 
+from llama_index.core.schema import BaseNode, ImageNode, NodeRelationship, RelatedNodeInfo, TextNode
+
 from rag_plugins.milvus.items import StoreItem
-from rag_plugins.optional import require
 
 if TYPE_CHECKING:  # the store imports this module (add_nodes); a runtime import back would close a circle
     from rag_plugins.milvus.store import Hit
-
-_schema = require("llama_index.core.schema", "llamaindex")
-TextNode = _schema.TextNode
-ImageNode = _schema.ImageNode
-NodeRelationship = _schema.NodeRelationship
-RelatedNodeInfo = _schema.RelatedNodeInfo
 
 #: Metadata keys copied into scalar fields rather than into ``meta``.
 _SCALAR_KEYS = ("doc_id", "chunk_id", "modality", "uri", "page", "caption")
@@ -22,13 +18,13 @@ _SCALAR_KEYS = ("doc_id", "chunk_id", "modality", "uri", "page", "caption")
 _HIDDEN_KEYS = ["doc_id", "chunk_id", "modality", "uri", "page"]
 
 
-def item_from_node(node: Any) -> StoreItem:
+def item_from_node(node: BaseNode) -> StoreItem:
     """A ``StoreItem`` from a ``TextNode`` / ``ImageNode``; the key is the node id (stable re-ingestion
     needs stable node ids, e.g. ``IngestionPipeline`` with a docstore, or ids set from the source)."""
     metadata = dict(node.metadata or {})
     image: Any = None
     if isinstance(node, ImageNode):
-        image = node.image_path or node.image_url or (node.resolve_image().getvalue() if node.image else None)
+        image = node.image_path or node.image_url or (base64.b64decode(node.image) if node.image else None)
     raw_page: Any = metadata.get("page", metadata.get("page_label", -1))
     try:
         page = int(raw_page)
@@ -48,7 +44,7 @@ def item_from_node(node: Any) -> StoreItem:
     )
 
 
-def node_from_hit(hit: Hit) -> Any:
+def node_from_hit(hit: Hit) -> TextNode:
     """A ``TextNode``, or an ``ImageNode`` (``image_path`` for files, ``image_url`` for URLs), from a hit."""
     f = hit.fields
     meta = f.get("meta") or {}

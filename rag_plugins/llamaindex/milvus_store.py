@@ -16,27 +16,29 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Literal
 
+from llama_index.core.schema import BaseNode
+from llama_index.core.storage.storage_context import StorageContext
+from llama_index.core.vector_stores.types import (
+    BasePydanticVectorStore,
+    FilterCondition,
+    FilterOperator,
+    MetadataFilters,
+    VectorStoreQuery,
+    VectorStoreQueryMode,
+    VectorStoreQueryResult,
+)
 from pydantic import Field, PrivateAttr
 
+from rag_plugins.llamaindex.milvus_nodes import item_from_node, node_from_hit
 from rag_plugins.milvus.filters import and_exprs, in_expr, literal
 from rag_plugins.milvus.items import key_for_id
-from rag_plugins.milvus.nodes import item_from_node, node_from_hit
 from rag_plugins.milvus.store import HAS_FLAG, IMAGE_FIELD, TEXT_FIELD, Hit, MultiVectorMilvusStore
-from rag_plugins.optional import require
-
-_types = require("llama_index.core.vector_stores.types", "llamaindex")
-BasePydanticVectorStore = _types.BasePydanticVectorStore
-FilterCondition = _types.FilterCondition
-FilterOperator = _types.FilterOperator
-MetadataFilters = _types.MetadataFilters
-VectorStoreQueryMode = _types.VectorStoreQueryMode
-VectorStoreQueryResult = _types.VectorStoreQueryResult
 
 #: Metadata keys that live in scalar columns (filtered as ``key``); every other key is ``meta["key"]``.
 SCALAR_FILTER_KEYS = ("doc_id", "chunk_id", "modality", "uri", "page", "caption")
 
 
-def metadata_filters_to_expr(filters: Any) -> str:
+def metadata_filters_to_expr(filters: MetadataFilters | None) -> str:
     """A Milvus expression for LlamaIndex ``MetadataFilters`` ("" = no filter).
 
     Supported: ``EQ`` and ``IN`` filters (``ExactMatchFilter`` is an ``EQ`` filter), joined with ``AND``,
@@ -74,7 +76,7 @@ def metadata_filters_to_expr(filters: Any) -> str:
     return and_exprs(*parts)
 
 
-class MilvusFieldVectorStore(BasePydanticVectorStore):  # type: ignore[misc, valid-type]
+class MilvusFieldVectorStore(BasePydanticVectorStore):
     """LlamaIndex vector store over one vector field (``text_vec`` or ``image_vec``) of a multi-vector store.
 
     Nodes carry their embeddings (LlamaIndex computes them); this class only stores and searches them.
@@ -106,7 +108,8 @@ class MilvusFieldVectorStore(BasePydanticVectorStore):  # type: ignore[misc, val
     _store: MultiVectorMilvusStore = PrivateAttr()
 
     def __init__(self, store: MultiVectorMilvusStore, field: str = TEXT_FIELD, **kwargs: Any) -> None:
-        super().__init__(field=field, **kwargs)
+        # ``field`` is this subclass's pydantic field; the base class's typed __init__ does not list it.
+        super().__init__(**{**kwargs, "field": field})
         self._store = store
 
     @classmethod
@@ -114,15 +117,14 @@ class MilvusFieldVectorStore(BasePydanticVectorStore):  # type: ignore[misc, val
         return "MilvusFieldVectorStore"
 
     @classmethod
-    def storage_context(cls, store: MultiVectorMilvusStore, **kwargs: Any) -> Any:
+    def storage_context(cls, store: MultiVectorMilvusStore, **kwargs: Any) -> StorageContext:
         """A ``StorageContext`` whose text store is ``store``'s ``text_vec`` and image store its ``image_vec``.
 
         Args:
             store: The multi-vector store both adapters share.
             **kwargs: More ``StorageContext.from_defaults`` arguments (``docstore``, ``persist_dir``, ...).
         """
-        storage = require("llama_index.core.storage.storage_context", "llamaindex")
-        return storage.StorageContext.from_defaults(
+        return StorageContext.from_defaults(
             vector_store=cls(store, TEXT_FIELD), image_store=cls(store, IMAGE_FIELD), **kwargs
         )
 
@@ -141,7 +143,7 @@ class MilvusFieldVectorStore(BasePydanticVectorStore):  # type: ignore[misc, val
         return IMAGE_FIELD if self.field == TEXT_FIELD else TEXT_FIELD
 
     # -------------------------------------------------------------------------------------------- writes
-    def add(self, nodes: Sequence[Any], **add_kwargs: Any) -> list[str]:
+    def add(self, nodes: Sequence[BaseNode], **add_kwargs: Any) -> list[str]:
         """Upsert nodes with their embedding in this store's field (the row's other vector is kept).
 
         Returns:
@@ -183,7 +185,9 @@ class MilvusFieldVectorStore(BasePydanticVectorStore):  # type: ignore[misc, val
         """Delete the rows of document ``ref_doc_id`` (its ``doc_id`` column) that have this field's vector."""
         self._delete_where(f"doc_id == {literal(ref_doc_id)}")
 
-    def delete_nodes(self, node_ids: list[str] | None = None, filters: Any = None, **delete_kwargs: Any) -> None:
+    def delete_nodes(
+        self, node_ids: list[str] | None = None, filters: MetadataFilters | None = None, **delete_kwargs: Any
+    ) -> None:
         """Delete the rows with these node ids and/or matching ``filters`` that have this field's vector.
 
         Raises:
@@ -200,14 +204,16 @@ class MilvusFieldVectorStore(BasePydanticVectorStore):  # type: ignore[misc, val
         self._delete_where("")
 
     # --------------------------------------------------------------------------------------------- reads
-    def get_nodes(self, node_ids: list[str] | None = None, filters: Any = None) -> list[Any]:
+    def get_nodes(
+        self, node_ids: list[str] | None = None, filters: MetadataFilters | None = None
+    ) -> list[BaseNode]:
         """Nodes (without embeddings) with these ids and/or matching ``filters``, among this field's rows."""
         expr = and_exprs(f"{HAS_FLAG[self.field]} == true",
                          in_expr("id", [key_for_id(n) for n in node_ids]) if node_ids is not None else "",
                          metadata_filters_to_expr(filters))
         return [node_from_hit(Hit(id=str(row["id"]), score=0.0, fields=row)) for row in self._store.query(expr)]
 
-    def query(self, query: Any, **kwargs: Any) -> Any:
+    def query(self, query: VectorStoreQuery, **kwargs: Any) -> VectorStoreQueryResult:
         """Nearest rows of this field to ``query.query_embedding``.
 
         Honors ``similarity_top_k``, ``filters`` (see :func:`metadata_filters_to_expr`), ``doc_ids`` and

@@ -8,19 +8,18 @@ from __future__ import annotations
 
 from typing import Any
 
+from llama_index.core.embeddings.multi_modal_base import MultiModalEmbedding
+from llama_index.core.schema import ImageType
 from pydantic import Field, PrivateAttr
 
 from rag_plugins.http import DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT_S
+from rag_plugins.llamaindex.text_methods import ClientTextEmbeddingMethods
 from rag_plugins.multimodal_client import (
     DEFAULT_IMAGE_BATCH_SIZE,
     DEFAULT_MM_BASE_URL,
     ImageLike,
     MultiModalEmbeddingClient,
 )
-from rag_plugins.optional import require
-from rag_plugins.text_embedding_methods import ClientTextEmbeddingMethods
-
-MultiModalEmbedding = require("llama_index.core.embeddings.multi_modal_base", "llamaindex").MultiModalEmbedding
 
 
 def _as_image(value: Any) -> ImageLike:
@@ -32,7 +31,7 @@ def _as_image(value: Any) -> ImageLike:
     return value  # type: ignore[no-any-return]
 
 
-class LocalMultiModalEmbedding(ClientTextEmbeddingMethods, MultiModalEmbedding):  # type: ignore[misc, valid-type]
+class LocalMultiModalEmbedding(ClientTextEmbeddingMethods, MultiModalEmbedding):
     """Image, text and query embeddings in one space, from a local multimodal embedding server.
 
     Example:
@@ -70,16 +69,16 @@ class LocalMultiModalEmbedding(ClientTextEmbeddingMethods, MultiModalEmbedding):
         return self._client
 
     # ------------------------------------------------------------------------------------------- images
-    def _get_image_embedding(self, img_file_path: Any) -> list[float]:
+    def _get_image_embedding(self, img_file_path: ImageType) -> list[float]:
         return self._client.embed_images([_as_image(img_file_path)])[0].tolist()  # type: ignore[no-any-return]
 
-    async def _aget_image_embedding(self, img_file_path: Any) -> list[float]:
+    async def _aget_image_embedding(self, img_file_path: ImageType) -> list[float]:
         return (await self._client.aembed_images([_as_image(img_file_path)]))[0].tolist()  # type: ignore[no-any-return]
 
-    def _get_image_embeddings(self, img_file_paths: list[Any]) -> list[list[float]]:
+    def _get_image_embeddings(self, img_file_paths: list[ImageType]) -> list[list[float]]:
         return self._client.embed_images([_as_image(p) for p in img_file_paths]).tolist()  # type: ignore[no-any-return]
 
-    async def _aget_image_embeddings(self, img_file_paths: list[Any]) -> list[list[float]]:
+    async def _aget_image_embeddings(self, img_file_paths: list[ImageType]) -> list[list[float]]:
         vectors = await self._client.aembed_images([_as_image(p) for p in img_file_paths])
         return vectors.tolist()  # type: ignore[no-any-return]
 

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from llama_index.core import instrumentation
+from llama_index.core.callbacks import CBEventType, EventPayload
+from llama_index.core.instrumentation.events.rerank import ReRankEndEvent, ReRankStartEvent
+from llama_index.core.postprocessor.types import BaseNodePostprocessor
+from llama_index.core.schema import BaseNode, ImageNode, MetadataMode, NodeWithScore, QueryBundle
 from pydantic import Field, PrivateAttr
 
 from rag_plugins.http import DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT_S
-from rag_plugins.optional import require
 from rag_plugins.rerank_client import (
     DEFAULT_RERANK_BASE_URL,
     Document,
@@ -16,44 +20,28 @@ from rag_plugins.rerank_client import (
     RerankHit,
 )
 
-_postprocessor = require("llama_index.core.postprocessor.types", "llamaindex")
-_schema = require("llama_index.core.schema", "llamaindex")
-_instrumentation = require("llama_index.core.instrumentation", "llamaindex")
-_rerank_events = require("llama_index.core.instrumentation.events.rerank", "llamaindex")
-_callbacks = require("llama_index.core.callbacks", "llamaindex")
-
-BaseNodePostprocessor = _postprocessor.BaseNodePostprocessor
-NodeWithScore = _schema.NodeWithScore
-QueryBundle = _schema.QueryBundle
-MetadataMode = _schema.MetadataMode
-ImageNode = _schema.ImageNode
-ReRankStartEvent = _rerank_events.ReRankStartEvent
-ReRankEndEvent = _rerank_events.ReRankEndEvent
-CBEventType = _callbacks.CBEventType
-EventPayload = _callbacks.EventPayload
-
-dispatcher = _instrumentation.get_dispatcher(__name__)
+dispatcher = instrumentation.get_dispatcher(__name__)
 
 
-def node_document(node: Any, api_style: RerankApiStyle) -> Document:
+def node_document(node: BaseNode, api_style: RerankApiStyle) -> Document:
     """What is sent for one node: its text with metadata as embedded, or text + image for an ``ImageNode``."""
     text = node.get_content(metadata_mode=MetadataMode.EMBED)
     if api_style == "native" and isinstance(node, ImageNode):
         image: Any = None
-        if getattr(node, "image", None):
+        if node.image:
             image = node.image
-        elif getattr(node, "image_path", None):
+        elif node.image_path:
             image = {"path": str(node.image_path)}
-        elif getattr(node, "image_url", None):
+        elif node.image_url:
             image = {"url": str(node.image_url)}
         if image is not None:
             return {"text": text, "image": image} if text and text.strip() else {"image": image}
     return str(text)
 
 
-def query_document(query_bundle: Any, api_style: RerankApiStyle) -> Document:
+def query_document(query_bundle: QueryBundle, api_style: RerankApiStyle) -> Document:
     """What is sent as the query: its text, plus its image (``QueryBundle.image_path``) in the native style."""
-    image_path = getattr(query_bundle, "image_path", None)
+    image_path = query_bundle.image_path
     if api_style == "native" and image_path:
         text = query_bundle.query_str
         image = {"path": str(image_path)}
@@ -61,7 +49,7 @@ def query_document(query_bundle: Any, api_style: RerankApiStyle) -> Document:
     return str(query_bundle.query_str)
 
 
-class LocalRerank(BaseNodePostprocessor):  # type: ignore[misc, valid-type]
+class LocalRerank(BaseNodePostprocessor):
     """Rerank retrieved nodes with a local reranker server (Qwen3-Reranker, cross-encoders, ...).
 
     ``api_style="native"`` talks to rag-serve's ``/rerank`` (the server applies the model's prompt
@@ -109,7 +97,9 @@ class LocalRerank(BaseNodePostprocessor):  # type: ignore[misc, valid-type]
         return self._client
 
     # ----------------------------------------------------------------------------------------- helpers
-    def _start(self, nodes: list[Any], query_bundle: Any) -> tuple[Document, list[Document]] | None:
+    def _start(
+        self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None
+    ) -> tuple[Document, list[Document]] | None:
         dispatcher.event(
             ReRankStartEvent(
                 query=query_bundle, nodes=nodes, top_n=self.top_n if self.top_n is not None else len(nodes),
@@ -122,7 +112,7 @@ class LocalRerank(BaseNodePostprocessor):  # type: ignore[misc, valid-type]
             return None
         return query_document(query_bundle, self.api_style), [node_document(n.node, self.api_style) for n in nodes]
 
-    def _apply(self, nodes: list[Any], hits: list[RerankHit]) -> list[Any]:
+    def _apply(self, nodes: list[NodeWithScore], hits: list[RerankHit]) -> list[NodeWithScore]:
         reranked = []
         for hit in hits:
             original = nodes[hit.index]
@@ -131,7 +121,7 @@ class LocalRerank(BaseNodePostprocessor):  # type: ignore[misc, valid-type]
             reranked.append(NodeWithScore(node=original.node, score=hit.score))
         return reranked
 
-    def _event_payload(self, nodes: list[Any], query: Document) -> dict[Any, Any]:
+    def _event_payload(self, nodes: list[NodeWithScore], query: Document) -> dict[str, Any]:
         return {
             EventPayload.NODES: nodes,
             EventPayload.MODEL_NAME: self.model or "rag-serve",
@@ -140,7 +130,9 @@ class LocalRerank(BaseNodePostprocessor):  # type: ignore[misc, valid-type]
         }
 
     # ------------------------------------------------------------------------------------------ LlamaIndex
-    def _postprocess_nodes(self, nodes: list[Any], query_bundle: Any = None) -> list[Any]:
+    def _postprocess_nodes(
+        self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None = None
+    ) -> list[NodeWithScore]:
         started = self._start(nodes, query_bundle)
         if started is None:
             dispatcher.event(ReRankEndEvent(nodes=[]))
@@ -152,7 +144,9 @@ class LocalRerank(BaseNodePostprocessor):  # type: ignore[misc, valid-type]
         dispatcher.event(ReRankEndEvent(nodes=new_nodes))
         return new_nodes
 
-    async def _apostprocess_nodes(self, nodes: list[Any], query_bundle: Any = None) -> list[Any]:
+    async def _apostprocess_nodes(
+        self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None = None
+    ) -> list[NodeWithScore]:
         started = self._start(nodes, query_bundle)
         if started is None:
             dispatcher.event(ReRankEndEvent(nodes=[]))
