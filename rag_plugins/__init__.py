@@ -16,6 +16,8 @@ _LAZY = {
     "EmbeddingClient": "rag_plugins.embedding_client",
     "RerankClient": "rag_plugins.rerank_client",
     "ServiceClient": "rag_plugins.http",
+    "from_stack": "rag_plugins.stack",
+    "StackClients": "rag_plugins.stack",
 }
 
 
@@ -27,4 +29,7 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'rag_plugins' has no attribute {name!r}")
 
 
-__all__ = ["EmbeddingClient", "LocalEmbedding", "LocalRerank", "RerankClient", "ServiceClient", "__version__"]
+__all__ = [
+    "EmbeddingClient", "LocalEmbedding", "LocalRerank", "RerankClient", "ServiceClient", "StackClients", "__version__",
+    "from_stack",
+]
