@@ -50,11 +50,8 @@ def server_argv(entry: StackEntry) -> list[str]:
     for key, value in entry.options.items():
         flag = "--" + key.replace("_", "-")
         if key in {"api_keys", "api_key"}:
-            items = value if isinstance(value, list) else str(value).split(",")
-            for k in (str(i).strip() for i in items):
-                if k:
-                    args += ["--api-key", k]
-        elif isinstance(value, bool):
+            continue  # passed in the environment (server_env): a command line is readable by every local user
+        if isinstance(value, bool):
             args.append(flag if value else "--no-" + key.replace("_", "-"))
         elif isinstance(value, list):
             for item in value:
@@ -62,6 +59,14 @@ def server_argv(entry: StackEntry) -> list[str]:
         else:
             args += [flag, str(value)]
     return args
+
+
+def server_env(entry: StackEntry) -> dict[str, str]:
+    """The child's environment: ours, plus the entry's API keys as ``RAG_SERVE_API_KEYS``."""
+    env = dict(os.environ)
+    if entry.api_keys:
+        env["RAG_SERVE_API_KEYS"] = ",".join(entry.api_keys)
+    return env
 
 
 def probe_health(url: str, timeout_s: float) -> str:
@@ -268,7 +273,7 @@ class Supervisor:
             log.flush()
             child.proc = subprocess.Popen(
                 server_argv(child.entry), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                preexec_fn=_set_parent_death_signal,
+                env=server_env(child.entry), preexec_fn=_set_parent_death_signal,
             )
         child.state, child.health = "starting", "-"
         child.started_at = time.time()
