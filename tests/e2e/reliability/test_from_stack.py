@@ -46,12 +46,14 @@ def test_from_stack_builds_working_llamaindex_and_lightrag_clients(cpu_stack: St
     # Reranker: a LlamaIndex postprocessor over the rerank server.
     nodes = [NodeWithScore(node=TextNode(text=t, id_=str(i)), score=0.0) for i, t in enumerate(texts * 2)]
     ranked = clients.reranker.postprocess_nodes(nodes, QueryBundle("red planet"))
-    assert 1 <= len(ranked) <= 4 and all(n.score is not None for n in ranked)
+    assert 1 <= len(ranked) <= 4
+    assert all(n.score is not None for n in ranked)
     # LightRAG functions (dimension read from /info).
     efunc = clients.lightrag_embedding_func()
     assert efunc.embedding_dim == 384
     vecs = asyncio.run(efunc.func(texts))
-    assert vecs.shape == (2, 384) and vecs.dtype == np.float32
+    assert vecs.shape == (2, 384)
+    assert vecs.dtype == np.float32
     rfunc = clients.lightrag_rerank_func()
     hits = asyncio.run(rfunc("red planet", texts))
     assert sorted(h["index"] for h in hits) == [0, 1]

@@ -22,13 +22,18 @@ def test_status_shows_pid_port_device_uptime_restarts_health(cpu_stack: Stack, r
     for row in rows:
         assert row["health"] == "healthy", row
         assert row["device"] == "cpu"
-        assert row["pid"] and pid_alive(row["pid"])
+        assert row["pid"]
+        assert pid_alive(row["pid"])
         assert row["port"] == int(cpu_stack.urls[row["name"]].rsplit(":", 1)[1])
-        assert row["uptime_s"] is not None and row["uptime_s"] >= 0
+        assert row["uptime_s"] is not None
+        assert row["uptime_s"] >= 0
         assert row["restarts"] == 0
-        assert row["supervisor_pid"] and pid_alive(row["supervisor_pid"])
+        assert row["supervisor_pid"]
+        assert pid_alive(row["supervisor_pid"])
     table = cli("status", "--config", str(cpu_stack.config), "--table")
-    assert table.returncode == 0 and "uptime_s" in table.stdout and "restarts" in table.stdout
+    assert table.returncode == 0
+    assert "uptime_s" in table.stdout
+    assert "restarts" in table.stdout
     report("servers healthy in status", len(rows))
 
 
@@ -66,7 +71,8 @@ def test_crash_loop_gives_up_and_down_leaves_nothing(tmp_path: Path, report: Cal
     up = cli("up", "--config", str(config), "--wait", "60", timeout=90)
     try:
         assert up.returncode == 1, up.stdout
-        assert "bad: FAILED" in up.stdout and "max_batch_size must be >= 1" in up.stdout
+        assert "bad: FAILED" in up.stdout
+        assert "max_batch_size must be >= 1" in up.stdout
         row: dict[str, Any] = next(r for r in read_state(tmp_path / "state")["servers"])  # type: ignore[index]
         assert row["state"] == "failed"
         assert row["restarts"] == 2
@@ -83,7 +89,9 @@ def test_crash_loop_gives_up_and_down_leaves_nothing(tmp_path: Path, report: Cal
 def test_up_without_config_prints_examples(tmp_path: Path) -> None:
     out = cli("up", "--config", str(tmp_path / "missing.yaml"))
     assert out.returncode == 2
-    assert "cuda:2" in out.stdout and "float16" in out.stdout and "device: cpu" in out.stdout
+    assert "cuda:2" in out.stdout
+    assert "float16" in out.stdout
+    assert "device: cpu" in out.stdout
     import yaml
 
     from rag_plugins.stack import parse_stack
