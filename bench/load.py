@@ -183,12 +183,12 @@ def spawn_server(stack: ExitStack, which: str, device: str, extra: list[str]) ->
     from servers.process import ServerProcess
 
     if which == "minilm":
-        from servers.testing.random_models import minilm_dir
+        from testkit.random_models import minilm_dir
 
         model = minilm_dir()
     else:
-        from servers.testing.qwen_tokenizer import save_qwen_tokenizer
-        from servers.testing.random_models import save_qwen3_embedding
+        from testkit.qwen_tokenizer import save_qwen_tokenizer
+        from testkit.random_models import save_qwen3_embedding
 
         shape = which.removeprefix("qwen3-")
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="rag-load-")))
@@ -198,6 +198,10 @@ def spawn_server(stack: ExitStack, which: str, device: str, extra: list[str]) ->
     server = ServerProcess("embed", model, device=device, extra_args=extra)
     server.start(timeout_s=900)
     stack.callback(server.stop)
+    from bench.embed_throughput import wait_accelerated
+
+    # Measure the server as it runs for weeks: with its CUDA graphs and compiled layers in place.
+    print(f"acceleration: {wait_accelerated(server.base_url, 600)}", flush=True)
     return server.base_url
 
 
