@@ -1,0 +1,88 @@
+"""The fast path's pieces that run anywhere: buckets, right padding, the layer switch, CPU behaviour."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from servers.backends.accelerated import (
+    MAX_GRAPH_TOKENS,
+    AccelerationSettings,
+    LastTokenDecoder,
+    _LayerForward,
+    _ThreadLocalSwitch,
+    decoder_layers,
+    graph_buckets,
+    right_padded,
+)
+from servers.backends.device import choose_placement
+from testkit.random_models import random_qwen3_causal_lm
+
+
+def test_buckets_are_powers_of_two_within_the_token_cap() -> None:
+    buckets = graph_buckets(8, 512)
+    assert (1, 32) in buckets
+    assert (8, 128) in buckets
+    assert (1, 512) in buckets
+    assert (8, 512) not in buckets  # over MAX_GRAPH_TOKENS
+    assert all(b * n <= MAX_GRAPH_TOKENS for b, n in buckets)
+    assert buckets == sorted(buckets)  # the first fit is the smallest
+    assert graph_buckets(1, 32) == [(1, 32)]
+
+
+def test_right_padded_rows_and_last_indices() -> None:
+    ids, last = right_padded([[5, 6, 7], [9]], pad_id=0, rows=4, length=5)
+    assert ids.tolist() == [[5, 6, 7, 0, 0], [9, 0, 0, 0, 0], [0] * 5, [0] * 5]
+    assert last.tolist() == [2, 0, 0, 0]
+
+
+def test_layer_switch_falls_back_to_eager_and_is_thread_local() -> None:
+    calls: list[str] = []
+
+    def eager(x: int) -> int:
+        calls.append("eager")
+        return x
+
+    def broken(x: int) -> int:
+        raise RuntimeError("would recompile")
+
+    wrapper = _LayerForward(eager, broken)
+    assert wrapper(1) == 1  # off: eager
+    wrapper.enabled.set()
+    assert wrapper(2) == 2  # on but failing: eager, counted
+    assert wrapper.failures == 1
+    ok = _LayerForward(eager, lambda x: x * 10)
+    with _ThreadLocalSwitch([ok]):
+        assert ok(3) == 30  # on for this thread only
+    assert ok(3) == 3  # back off after the block
+
+
+def test_decoder_on_cpu_is_eager_and_equals_the_unpadded_forward() -> None:
+    model = random_qwen3_causal_lm("tiny").model.eval()
+    placement = choose_placement("cpu", "float32", "sdpa")
+    decoder = LastTokenDecoder(model, placement, 151643, None, AccelerationSettings(), 512)
+    assert decoder.info()["graphs"] == "off"
+    assert decoder.info()["compile"] == "off"
+    assert len(decoder_layers(model)) == 2
+    rng = np.random.default_rng(0)
+    batch = [rng.integers(0, 150000, size=n).tolist() for n in (7, 19, 3)]
+    with torch.inference_mode():
+        pooled = decoder.run(batch, "bulk")
+        for row, seq in enumerate(batch):
+            alone = model(input_ids=torch.tensor([seq]), use_cache=False).last_hidden_state[0, -1]
+            torch.testing.assert_close(pooled[row], alone, atol=1e-5, rtol=1e-5)
+
+
+def test_acceleration_settings_come_from_the_server_settings(tmp_path: Path) -> None:
+    from servers.settings import ServerSettings
+
+    settings = ServerSettings(model="x", cuda_graphs="off", compile="on", cuda_graph_max_batch=2,
+                              cuda_graph_max_length=64, compile_cache_dir=str(tmp_path))
+    acc = AccelerationSettings.from_settings(settings)
+    assert (acc.cuda_graphs, acc.compile, acc.graph_max_batch, acc.graph_max_length) == ("off", "on", 2, 64)
+    assert acc.compile_cache_dir == str(tmp_path)
+    with pytest.raises(ValueError, match="cuda_graphs"):
+        ServerSettings(model="x", cuda_graphs="sometimes")
