@@ -77,6 +77,10 @@ class MilvusStoreSettings:
             side (the seed plan), so text chunks are found by image-space queries too.
         max_varchar_bytes: Max UTF-8 bytes of ``text``/``caption`` (Milvus' VARCHAR limit is 65,535).
         consistency_level: Milvus consistency; ``Strong`` so a search sees every finished upsert.
+        local_search: Answer ``search`` / ``search_field`` from an exact in-process copy of the vectors
+            (:mod:`rag_plugins.milvus.local_index`): None (default) = only for embedded file URIs, where
+            milvus-lite 3.x's pure-Python search path costs O(rows) per query; False = always ask Milvus;
+            True = also for a server URI (only safe when this process is the only writer).
     """
 
     uri: str = "./milvus_rag.db"
@@ -91,6 +95,7 @@ class MilvusStoreSettings:
     embed_text_into_image_space: bool = True
     max_varchar_bytes: int = 65_535
     consistency_level: str = "Strong"
+    local_search: bool | None = None
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:

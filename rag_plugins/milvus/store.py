@@ -28,6 +28,7 @@ from rag_plugins.milvus.errors import CollectionNotFoundError, DimensionMismatch
 from rag_plugins.milvus.filters import Filter, and_exprs, literal, to_expr
 from rag_plugins.milvus.fusion import Fusion
 from rag_plugins.milvus.items import ID_MAX_LENGTH, StoreItem
+from rag_plugins.milvus.local_index import LocalMirror, forget_mirror, is_embedded_uri, shared_mirror
 from rag_plugins.milvus.settings import FieldIndexSettings, MilvusStoreSettings
 
 TEXT_FIELD = "text_vec"
@@ -103,6 +104,50 @@ class MultiVectorMilvusStore:
             self._create()
         else:
             raise CollectionNotFoundError(self._missing_message())
+        self.local: LocalMirror | None = None
+        use_local = self.settings.local_search
+        if use_local is None:
+            use_local = is_embedded_uri(self.settings.uri)
+        if use_local:
+            self._open_local()
+
+    # ------------------------------------------------------------------------------------ local search
+    def _local_key(self) -> tuple[str, str, str]:
+        uri = self.settings.uri
+        if is_embedded_uri(uri):
+            from pathlib import Path
+
+            uri = str(Path(uri).resolve())
+        return (uri, self.settings.db_name, self.collection_name)
+
+    def _open_local(self) -> None:
+        assert self.text_dim is not None
+        assert self.image_dim is not None
+        dims = {TEXT_FIELD: self.text_dim, IMAGE_FIELD: self.image_dim}
+        metrics = {f: self.index_settings(f).metric for f in VECTOR_FIELDS}
+        self.local, created = shared_mirror(self._local_key(), lambda: LocalMirror(dims, metrics))
+        if created:
+            self._load_local(self.local)
+
+    def _load_local(self, mirror: LocalMirror, batch_size: int = 1000) -> None:
+        """Fill ``mirror`` with every row of the collection (a progress bar when there are many)."""
+        total = self.count()
+        if total == 0:
+            return
+        # milvus-lite 3.x has no query_iterator: list the keys, then fetch rows by key in batches.
+        keys = sorted(self._matching_keys('id != ""'))
+        with tqdm(total=len(keys), desc="milvus local index", unit="row", disable=total < 10 * batch_size) as bar:
+            for start in range(0, len(keys), batch_size):
+                rows = self.client.get(self.collection_name, ids=keys[start : start + batch_size],
+                                       output_fields=["id", *VECTOR_FIELDS, *SCALAR_FIELDS])
+                mirror.upsert([dict(r) for r in rows], HAS_FLAG, SCALAR_FIELDS)
+                bar.update(len(rows))
+
+    def refresh_local_index(self) -> None:
+        """Reload the in-process copy from Milvus (after writes made with another client)."""
+        if self.local is not None:
+            self.local.clear()
+            self._load_local(self.local)
 
     # --------------------------------------------------------------------------------------------- schema
     def _configured_dim(self, field: str, configured: int | None, embedder: TextEmbedder | None) -> int | None:
@@ -189,6 +234,10 @@ class MultiVectorMilvusStore:
     def drop(self) -> None:
         """Drop the collection (all rows)."""
         self.client.drop_collection(self.collection_name)
+        if self.local is not None:
+            self.local.clear()
+            forget_mirror(self._local_key())
+            self.local = None
 
     def close(self) -> None:
         """Close the Milvus connection."""
@@ -241,6 +290,8 @@ class MultiVectorMilvusStore:
             rows[item.key] = self._row(item, tv, iv)
         if rows:
             self.client.upsert(self.collection_name, list(rows.values()))
+            if self.local is not None:
+                self.local.upsert(list(rows.values()), HAS_FLAG, SCALAR_FIELDS)
         return [item.key for item in items]
 
     async def aembed_items(self, items: Sequence[StoreItem]) -> tuple[list[Any], list[Any]]:
@@ -345,11 +396,27 @@ class MultiVectorMilvusStore:
         self.require_collection()
         if ids:
             self.client.delete(self.collection_name, ids=list(ids))
+            if self.local is not None:
+                self.local.remove([str(i) for i in ids])
+
+    def delete_where(self, filters: Filter) -> None:
+        """Delete every row matching a scalar filter (Milvus expression or dict)."""
+        self.require_collection()
+        expr = to_expr(filters)
+        if not expr:
+            raise ValueError("delete_where needs a filter; use drop() to remove every row")
+        keys = self._matching_keys(expr) if self.local is not None else []
+        self.client.delete(self.collection_name, filter=expr)
+        if self.local is not None:
+            self.local.remove(keys)
 
     def delete_doc(self, doc_id: str) -> None:
         """Delete every item of one document."""
-        self.require_collection()
-        self.client.delete(self.collection_name, filter=f"doc_id == {literal(doc_id)}")
+        self.delete_where(f"doc_id == {literal(doc_id)}")
+
+    def _matching_keys(self, expr: str) -> set[str]:
+        rows = self.client.query(self.collection_name, filter=expr, output_fields=["id"])
+        return {str(r["id"]) for r in rows}
 
     # ------------------------------------------------------------------------------------------- search
     def search(
@@ -380,6 +447,8 @@ class MultiVectorMilvusStore:
         self.require_collection()
         fusion = fusion or Fusion()
         user_expr = to_expr(filters)
+        if self.local is not None:
+            return self._local_search(text_query, image_query, fusion, top_k, text_limit, image_limit, user_expr)
         requests, fields = [], []
         for field, vector, limit in ((TEXT_FIELD, text_query, text_limit), (IMAGE_FIELD, image_query, image_limit)):
             if vector is None:
@@ -446,6 +515,9 @@ class MultiVectorMilvusStore:
         query = self.check_vector(field, vector)
         if top_k < 1:
             raise ValueError("top_k must be >= 1")
+        if self.local is not None:
+            hits = self._local_field(field, query, top_k, to_expr(filters))
+            return [Hit(id=k, score=s, fields=dict(self.local.rows.get(k, {}))) for k, s in hits[:top_k]]
         result = self.client.search(
             self.collection_name, data=[query.tolist()], anns_field=field,
             search_params=self.index_settings(field).search(), limit=top_k,
@@ -455,3 +527,23 @@ class MultiVectorMilvusStore:
                 for h in result[0]]
         hits.sort(key=lambda h: (-h.score, h.id))
         return hits
+
+    def _local_field(self, field: str, vector: np.ndarray, limit: int, expr: str) -> list[tuple[str, float]]:
+        assert self.local is not None
+        vectors = self.local.fields[field]
+        allowed = self.local.allowed(field, expr, self._matching_keys) if expr else None
+        return vectors.search(vector, limit, allowed)[:limit]
+
+    def _local_search(self, text_query: Any, image_query: Any, fusion: Fusion, top_k: int,
+                      text_limit: int | None, image_limit: int | None, expr: str) -> list[Hit]:
+        """:meth:`search` answered by the in-process copy: exact per-field top lists, fused like Milvus Lite."""
+        assert self.local is not None
+        per_field: dict[str, list[tuple[str, float]]] = {}
+        for field, vector, limit in ((TEXT_FIELD, text_query, text_limit), (IMAGE_FIELD, image_query, image_limit)):
+            if vector is not None:
+                per_field[field] = self._local_field(field, self.check_vector(field, vector), limit or top_k, expr)
+        if not per_field:
+            raise ValueError("give at least one of text_query and image_query")
+        rows = self.local.rows
+        return [Hit(id=k, score=s, fields=dict(rows.get(k, {}))) for k, s in fusion.fuse(
+            per_field, top_k, {f: self.index_settings(f).metric for f in per_field})]
