@@ -71,12 +71,24 @@ class Dataset:
         return int(self.text.shape[0])
 
 
-def make_dataset(n: int, text_dim: int, image_dim: int, n_queries: int, noise: float, seed: int) -> Dataset:
-    """Random unit rows; queries = random stored rows + ``noise`` x a random unit vector, re-normalized."""
+def clustered_rows(rng: np.random.Generator, n: int, dim: int, clusters: int, spread: float) -> np.ndarray:
+    """``n`` unit vectors around ``clusters`` random centres (``spread`` = noise / centre scale), float32."""
+    if clusters <= 0:
+        return unit_rows(rng, n, dim)
+    centres = rng.standard_normal((clusters, dim), dtype=np.float32)
+    x = centres[rng.integers(0, clusters, n)] + spread * rng.standard_normal((n, dim), dtype=np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return x
+
+
+def make_dataset(n: int, text_dim: int, image_dim: int, n_queries: int, noise: float, seed: int,
+                 clusters: int = 0, spread: float = 1.0) -> Dataset:
+    """Unit rows (clustered when ``clusters`` > 0); queries = stored rows + ``noise`` x a random unit vector."""
     if noise <= 0:
         raise ValueError("--query-noise must be > 0")
     rng = np.random.default_rng(seed)
-    text, image = unit_rows(rng, n, text_dim), unit_rows(rng, n, image_dim)
+    text = clustered_rows(rng, n, text_dim, clusters, spread)
+    image = clustered_rows(rng, n, image_dim, clusters, spread)
     picks = rng.choice(n, size=n_queries, replace=n_queries > n)
     qt = text[picks] + noise * unit_rows(rng, n_queries, text_dim)
     qi = image[picks] + noise * unit_rows(rng, n_queries, image_dim)
@@ -191,9 +203,9 @@ def milvus_target(target: str, workdir: Path) -> Iterator[str]:
 
 # ------------------------------------------------------------------------------------------- measuring
 def open_store(uri: str, name: str, index: FieldIndexSettings, text_dim: int, image_dim: int,
-               client: Any = None) -> MultiVectorMilvusStore:
+               client: Any = None, local: bool | None = None) -> MultiVectorMilvusStore:
     settings = MilvusStoreSettings(uri=uri, collection_name=name, text_dim=text_dim, image_dim=image_dim,
-                                   text_index=index, image_index=index)
+                                   text_index=index, image_index=index, local_search=local)
     return MultiVectorMilvusStore(settings=settings, client=client)
 
 
@@ -221,6 +233,32 @@ def run_queries(store: MultiVectorMilvusStore, data: Dataset, fusion: Fusion, to
         secs.append(time.perf_counter() - t)
         ids.append([h.id for h in hits])
     return ids, secs
+
+
+def concurrent_qps(store: MultiVectorMilvusStore, data: Dataset, fusion: Fusion, top_k: int, candidates: int,
+                   clients: int, seconds: float) -> float:
+    """Fused queries per second with ``clients`` threads searching for ``seconds``."""
+    import threading
+
+    stop = time.perf_counter() + seconds
+    counts = [0] * clients
+
+    def worker(c: int) -> None:
+        i = c
+        while time.perf_counter() < stop:
+            j = i % len(data.query_text)
+            store.search(data.query_text[j], data.query_image[j], fusion=fusion, top_k=top_k,
+                         text_limit=candidates, image_limit=candidates)
+            counts[c] += 1
+            i += clients
+
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=worker, args=(c,)) for c in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sum(counts) / (time.perf_counter() - t0)
 
 
 def exact_rrf(data: Dataset, top_k: int, candidates: int, rrf_k: int) -> list[list[str]]:
@@ -262,6 +300,13 @@ class TargetResult:
     recall_at_k_hnsw_vs_flat: float
     flat_equals_numpy_rrf: float
     rows_counted: int
+    local_p50_ms: float = float("nan")
+    local_p95_ms: float = float("nan")
+    local_qps: float = float("nan")
+    milvus_qps: float = float("nan")
+    local_recall_vs_exact: float = float("nan")
+    local_load_s: float = float("nan")
+    local_mem_mb: float = float("nan")
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -279,9 +324,13 @@ def bench_target(target: str, data: Dataset, args: argparse.Namespace) -> Target
             stores = {}
             for label, index in (("hnsw", hnsw), ("flat", flat)):
                 client = stores["hnsw"].client if stores else None  # one connection for both collections
-                store = open_store(uri, f"bench_{label}", index, text_dim, image_dim, client=client)
+                # Ingest through the default store (for a file URI its in-process copy is filled as it goes);
+                # queries below go to Milvus itself through a twin opened with local_search=False.
+                writer = open_store(uri, f"bench_{label}", index, text_dim, image_dim, client=client)
+                t = ingest(writer, data, args.batch)
+                store = open_store(uri, f"bench_{label}", index, text_dim, image_dim, client=writer.client,
+                                   local=False)
                 stores[label] = store
-                t = ingest(store, data, args.batch)
                 res[f"{label}_ingest_rows_s"] = data.n / t["upsert_s"]
                 res[f"{label}_flush_s"] = t["flush_s"]
                 log(f"[{target}] {label}: {data.n} rows in {t['upsert_s']:.1f}s "
@@ -297,6 +346,33 @@ def bench_target(target: str, data: Dataset, args: argparse.Namespace) -> Target
                 log(f"[{target}] {label}: query p50 {res[f'{label}_p50_ms']:.1f} ms, "
                     f"p95 {res[f'{label}_p95_ms']:.1f} ms")
             truth = exact_rrf(data, args.top_k, args.candidates, args.rrf_k)
+            if args.clients:
+                res["milvus_qps"] = concurrent_qps(stores["hnsw"], data, fusion, args.top_k, args.candidates,
+                                                   args.clients, args.qps_seconds)
+                log(f"[{target}] milvus hnsw: {args.clients} clients {res['milvus_qps']:.1f} q/s")
+            if target == "file":
+                # The default for file URIs: the in-process exact copy (loaded from the file, as on reopen).
+                from rag_plugins.milvus.local_index import forget_mirror
+
+                forget_mirror(stores["flat"]._local_key())  # measure the load a reopened file pays
+                forget_mirror(stores["hnsw"]._local_key())
+                t = time.perf_counter()
+                local = open_store(uri, "bench_hnsw", hnsw, text_dim, image_dim, client=stores["hnsw"].client,
+                                   local=True)
+                res["local_load_s"] = time.perf_counter() - t
+                assert local.local is not None
+                res["local_mem_mb"] = local.local.memory_bytes() / 2**20
+                run_queries(local, Dataset(data.text, data.image, data.query_text[:2], data.query_image[:2]),
+                            fusion, args.top_k, args.candidates)
+                found["local"], secs = run_queries(local, data, fusion, args.top_k, args.candidates)
+                res["local_p50_ms"], res["local_p95_ms"] = pct(secs, 50), pct(secs, 95)
+                res["local_recall_vs_exact"] = recall_at_k(found["local"], truth, args.top_k)
+                if args.clients:
+                    res["local_qps"] = concurrent_qps(local, data, fusion, args.top_k, args.candidates,
+                                                      args.clients, args.qps_seconds)
+                log(f"[{target}] local: load {res['local_load_s']:.1f}s, p50 {res['local_p50_ms']:.1f} ms, "
+                    f"p95 {res['local_p95_ms']:.1f} ms, {args.clients} clients {res['local_qps']:.1f} q/s, "
+                    f"recall {res['local_recall_vs_exact']:.3f}")
             res["recall_at_k_hnsw_vs_flat"] = recall_at_k(found["hnsw"], found["flat"], args.top_k)
             res["flat_equals_numpy_rrf"] = float(np.mean([f == t for f, t in zip(found["flat"], truth, strict=True)]))
             res["rows_counted"] = stores["hnsw"].count()
@@ -323,6 +399,13 @@ COLUMNS = (
     ("hybrid p95 ms (FLAT)", "flat_p95_ms", "{:.1f}"),
     ("recall@k HNSW vs FLAT", "recall_at_k_hnsw_vs_flat", "{:.3f}"),
     ("FLAT == numpy RRF", "flat_equals_numpy_rrf", "{:.2f}"),
+    ("8-client q/s (HNSW)", "milvus_qps", "{:.1f}"),
+    ("local exact: load s", "local_load_s", "{:.1f}"),
+    ("local p50 ms", "local_p50_ms", "{:.1f}"),
+    ("local p95 ms", "local_p95_ms", "{:.1f}"),
+    ("local 8-client q/s", "local_qps", "{:.1f}"),
+    ("local recall@k vs exact", "local_recall_vs_exact", "{:.3f}"),
+    ("local MiB", "local_mem_mb", "{:.0f}"),
 )
 
 
@@ -344,6 +427,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rrf-k", type=int, default=60)
     p.add_argument("--query-noise", type=float, default=1.0,
                    help="query = stored row + noise x random unit vector (1.0: cosine to the row ~0.7)")
+    p.add_argument("--clusters", type=int, default=1000, help="cluster centres per field (0: uniform noise)")
+    p.add_argument("--spread", type=float, default=1.0, help="within-cluster noise relative to the centres")
+    p.add_argument("--clients", type=int, default=8, help="concurrent clients for the q/s columns (0: skip)")
+    p.add_argument("--qps-seconds", type=float, default=10.0)
     p.add_argument("--hnsw-m", type=int, default=16)
     p.add_argument("--ef-construction", type=int, default=200)
     p.add_argument("--ef", type=int, default=128, help="HNSW search ef (>= --candidates is advisable)")
@@ -357,6 +444,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.smoke:
         args.n, args.queries, args.text_dim, args.image_dim, args.batch = 2000, 20, 64, 96, 500
+        args.clusters, args.qps_seconds = 50, 1.0
     return args
 
 
@@ -370,7 +458,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if "grpc" in targets and not grpc_server_available():
         targets.remove("grpc")
         notes.append("grpc skipped: the installed milvus-lite ships no gRPC server")
-    data = make_dataset(args.n, args.text_dim, args.image_dim, args.queries, args.query_noise, args.seed)
+    data = make_dataset(args.n, args.text_dim, args.image_dim, args.queries, args.query_noise, args.seed,
+                        args.clusters, args.spread)
     results = [bench_target(t, data, args) for t in targets]
     import milvus_lite
     import pymilvus
@@ -393,8 +482,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         cfg = report["config"]
         md = [
             "# Milvus Lite hybrid retrieval benchmark", "",
+            "local = the store's default for file URIs (exact in-process search, rag_plugins/milvus/local_index.py); "
+            "HNSW / FLAT = the same store with local_search=False (Milvus Lite answers).", "",
             f"`python -m bench.milvus_hybrid {' '.join(sys.argv[1:] if argv is None else argv)}` — "
-            f"{cfg['n']:,} random unit vectors per field (text_vec {cfg['text_dim']}-d, image_vec "
+            f"{cfg['n']:,} unit vectors per field in {cfg['clusters']} clusters (spread {cfg['spread']}) (text_vec {cfg['text_dim']}-d, image_vec "
             f"{cfg['image_dim']}-d), COSINE; HNSW M={cfg['hnsw_m']} efConstruction={cfg['ef_construction']} "
             f"ef={cfg['ef']} vs FLAT (exact). Fused query: RRF k={cfg['rrf_k']} over both fields, "
             f"{cfg['candidates']} candidates per field, top {cfg['top_k']}; {cfg['queries']} queries "

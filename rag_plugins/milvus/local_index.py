@@ -135,7 +135,7 @@ class FieldVectors:
         x = np.asarray(vectors, np.float32).reshape(-1, self.dim)
         if self.metric == "COSINE":
             norms = np.linalg.norm(x, axis=1, keepdims=True)
-            x = x / np.where(norms == 0, 1.0, norms)
+            x = (x / np.where(norms == 0, 1.0, norms)).astype(np.float32)
         return x
 
     def upsert(self, keys: Sequence[str], vectors: np.ndarray) -> None:

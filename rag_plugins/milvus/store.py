@@ -124,7 +124,7 @@ class MultiVectorMilvusStore:
         assert self.text_dim is not None
         assert self.image_dim is not None
         dims = {TEXT_FIELD: self.text_dim, IMAGE_FIELD: self.image_dim}
-        metrics = {f: self.index_settings(f).metric for f in VECTOR_FIELDS}
+        metrics: dict[str, str] = {f: self.index_settings(f).metric for f in VECTOR_FIELDS}
         self.local, created = shared_mirror(self._local_key(), lambda: LocalMirror(dims, metrics))
         if created:
             self._load_local(self.local)
@@ -408,7 +408,7 @@ class MultiVectorMilvusStore:
         keys = self._matching_keys(expr) if self.local is not None else []
         self.client.delete(self.collection_name, filter=expr)
         if self.local is not None:
-            self.local.remove(keys)
+            self.local.remove(list(keys))
 
     def delete_doc(self, doc_id: str) -> None:
         """Delete every item of one document."""
@@ -516,8 +516,8 @@ class MultiVectorMilvusStore:
         if top_k < 1:
             raise ValueError("top_k must be >= 1")
         if self.local is not None:
-            hits = self._local_field(field, query, top_k, to_expr(filters))
-            return [Hit(id=k, score=s, fields=dict(self.local.rows.get(k, {}))) for k, s in hits[:top_k]]
+            found = self._local_field(field, query, top_k, to_expr(filters))
+            return [Hit(id=k, score=s, fields=dict(self.local.rows.get(k, {}))) for k, s in found[:top_k]]
         result = self.client.search(
             self.collection_name, data=[query.tolist()], anns_field=field,
             search_params=self.index_settings(field).search(), limit=top_k,

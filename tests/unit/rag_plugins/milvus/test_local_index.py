@@ -72,7 +72,8 @@ def test_writes_and_reopen_keep_the_local_copy_in_step(tmp_path: Path) -> None:
     store.close()
     forget_mirror(store._local_key())
     reopened = MultiVectorMilvusStore(settings=settings)
-    assert reopened.local is not None and len(reopened.local.rows) == 19
+    assert reopened.local is not None
+    assert len(reopened.local.rows) == 19
     again = reopened.search(tv[3], iv[5], top_k=30, text_limit=30, image_limit=30)
     assert [(h.id, h.fields) for h in again] == [(h.id, h.fields) for h in hits]
     reopened.close()
