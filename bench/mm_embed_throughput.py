@@ -49,8 +49,8 @@ from typing import Any
 import numpy as np
 
 from bench.server_process import rag_serve
-from servers.testing.qwen_tokenizer import save_qwen_tokenizer
-from servers.testing.random_models import save_gme_qwen2_vl, save_qwen3_vl_embedding
+from testkit.qwen_tokenizer import save_qwen_tokenizer
+from testkit.random_models import save_gme_qwen2_vl, save_qwen3_vl_embedding
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 GB = 1e9

@@ -34,8 +34,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.server_process import rag_serve
-from servers.testing.qwen_tokenizer import save_qwen_tokenizer
-from servers.testing.random_models import random_qwen3_causal_lm, save_repo
+from testkit.qwen_tokenizer import save_qwen_tokenizer
+from testkit.random_models import random_qwen3_causal_lm, save_repo
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 #: LM-head tying per shape (the 0.6B ties it to the embeddings); widths and depths: QWEN3_SHAPES.

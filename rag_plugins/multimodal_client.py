@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image
 
 from rag_plugins.http import DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT_S, RetryPolicy, ServiceClient
-from rag_plugins.protocol import InputType, embeddings_to_array
+from rag_plugins.protocol import EmbedImageRequest, EmbedRequest, EmbedResponse, InputType, wire_body
 
 DEFAULT_MM_BASE_URL = "http://127.0.0.1:8003"
 DEFAULT_IMAGE_BATCH_SIZE = 16
@@ -104,7 +104,10 @@ class MultiModalEmbeddingClient:
 
     def _text_requests(self, texts: list[str], input_type: InputType) -> list[tuple[str, dict[str, Any]]]:
         n = self.text_batch_size
-        return [("/embed", {"texts": texts[i : i + n], **self._common(input_type)}) for i in range(0, len(texts), n)]
+        return [
+            ("/embed", wire_body(EmbedRequest.model_construct(texts=texts[i : i + n], **self._common(input_type))))
+            for i in range(0, len(texts), n)
+        ]
 
     def _image_requests(
         self, images: list[ImageLike], texts: list[str] | None, input_type: InputType
@@ -117,12 +120,12 @@ class MultiModalEmbeddingClient:
             body = {"images": [image_to_wire(im) for im in images[i : i + n]], **self._common(input_type)}
             if texts is not None:
                 body["texts"] = texts[i : i + n]
-            out.append(("/embed_image", body))
+            out.append(("/embed_image", wire_body(EmbedImageRequest.model_construct(**body))))
         return out
 
     @staticmethod
     def _parse(answer: dict[str, Any]) -> np.ndarray:
-        return embeddings_to_array(answer["embeddings"], int(answer["dim"]))
+        return EmbedResponse.model_validate(answer).as_array()
 
     @staticmethod
     def _join(parts: list[np.ndarray]) -> np.ndarray:

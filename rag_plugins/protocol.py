@@ -26,6 +26,22 @@ INPUT_TYPE_ALIASES: dict[str, InputType] = {
     "search_document": "document",
 }
 
+#: Seed ``prompt`` names of ``POST /embed_image``: ``X2Y`` names a retrieval task whose queries have modality X
+#: and whose documents have modality Y (``t`` text, ``i`` image, ``it`` image+text). The images sent to
+#: ``/embed_image`` are embedded as documents when the task retrieves images (Y holds ``i``), and as queries
+#: when it retrieves texts from images (``i2t``, ``it2t``). To embed the query side of an image-to-image
+#: task, send ``input_type: "query"``.
+IMAGE_PROMPT_INPUT_TYPES: dict[str, InputType] = {
+    "t2i": "document",
+    "i2i": "document",
+    "it2i": "document",
+    "t2it": "document",
+    "i2it": "document",
+    "it2it": "document",
+    "i2t": "query",
+    "it2t": "query",
+}
+
 NonEmptyText = Annotated[str, Field(min_length=1)]
 
 
@@ -39,6 +55,16 @@ def _normalise_input_type(value: Any) -> Any:
     return INPUT_TYPE_ALIASES[key]
 
 
+def _normalise_image_input_type(value: Any) -> Any:
+    if isinstance(value, str) and value.strip().lower() in IMAGE_PROMPT_INPUT_TYPES:
+        return IMAGE_PROMPT_INPUT_TYPES[value.strip().lower()]
+    try:
+        return _normalise_input_type(value)
+    except ValueError:
+        allowed = ", ".join(sorted({*INPUT_TYPE_ALIASES, *IMAGE_PROMPT_INPUT_TYPES}))
+        raise ValueError(f"unknown input_type/prompt {value!r}; use one of: {allowed}") from None
+
+
 def _reject_blank(texts: list[str]) -> list[str]:
     for i, text in enumerate(texts):
         if not text.strip():
@@ -50,6 +76,16 @@ class StrictRequest(BaseModel):
     """Base for request bodies: unknown fields are ignored, values are never coerced across types."""
 
     model_config = ConfigDict(extra="ignore", strict=True, populate_by_name=True)
+
+
+def wire_body(request: BaseModel) -> dict[str, Any]:
+    """The JSON body of a request model that a client built with ``model_construct``.
+
+    Clients do not validate what they send (the server does, and answers with the message users need); the
+    fields left unset, and those set to None, stay out of the body so the server's defaults apply.
+    """
+    body: dict[str, Any] = request.model_dump(exclude_unset=True, exclude_none=True, warnings=False)
+    return body
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -174,16 +210,29 @@ class OpenAIEmbeddingRequest(StrictRequest):
 
 
 class OpenAIEmbeddingData(BaseModel):
+    """One vector of the OpenAI-shaped answer."""
+
     object: Literal["embedding"] = "embedding"
-    index: int
-    embedding: list[float] | str
+    index: int = Field(description="Input index.")
+    embedding: list[float] | str = Field(description="Floats, or base64 of little-endian float32.")
 
 
 class OpenAIEmbeddingResponse(BaseModel):
+    """Answer of ``POST /v1/embeddings`` (OpenAI shape)."""
+
     object: Literal["list"] = "list"
     data: list[OpenAIEmbeddingData]
     model: str
     usage: Usage
+
+    def as_array(self) -> np.ndarray:
+        """Return the vectors in input order as a float32 array of shape (n, dim)."""
+        rows = [d.embedding for d in sorted(self.data, key=lambda d: d.index)]
+        if not rows:
+            return np.zeros((0, 0), dtype=np.float32)
+        if isinstance(rows[0], str):
+            return embeddings_to_array([str(r) for r in rows], 0)
+        return embeddings_to_array([r for r in rows if isinstance(r, list)], len(rows[0]))
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -257,9 +306,21 @@ class RerankRequest(StrictRequest):
 
 
 class RerankResponse(BaseModel):
+    """Answer of ``POST /rerank`` (native shape)."""
+
     scores: list[float] = Field(description="One score per document, input order.")
     order: list[int] = Field(description="Document indices, best first (cut to top_n).")
-    model: str
+    indices: list[int] = Field(description="Seed-API name of `order` (the same list).")
+    model: str = Field(description="Served model name.")
+    usage: Usage
+
+
+class TeiRerankHit(BaseModel):
+    """One item of the TEI-shaped ``POST /rerank`` answer (a list, best first)."""
+
+    index: int = Field(description="Document index in the request.")
+    score: float = Field(description="Score (raw_scores=true: before the activation).")
+    text: str | None = Field(default=None, description="The document's text, when return_text=true.")
 
 
 class CohereRerankRequest(StrictRequest):
@@ -276,17 +337,27 @@ class CohereRerankRequest(StrictRequest):
     _check_query = field_validator("query")(_reject_blank_query)
 
 
+class DocumentText(BaseModel):
+    """A document echoed back (``return_documents=true``)."""
+
+    text: str
+
+
 class RerankResult(BaseModel):
-    index: int
-    relevance_score: float
-    document: dict[str, Any] | None = None
+    """One result of the Cohere/Jina rerank answer."""
+
+    index: int = Field(description="Document index in the request.")
+    relevance_score: float = Field(description="Score after the model's activation.")
+    document: DocumentText | None = Field(default=None, description="Present when return_documents=true.")
 
 
 class CohereRerankResponse(BaseModel):
+    """Answer of ``POST /v1/rerank`` and ``/v2/rerank``: results best first."""
+
     id: str
     model: str
     results: list[RerankResult]
-    usage: dict[str, int]
+    usage: Usage
 
 
 class ScoreRequest(StrictRequest):
@@ -319,6 +390,25 @@ class ScoreRequest(StrictRequest):
         return list(zip(left, right, strict=True))
 
 
+class ScoreData(BaseModel):
+    """One pair's score in the vLLM score answer."""
+
+    index: int = Field(description="Pair index.")
+    object: Literal["score"] = "score"
+    score: float
+
+
+class ScoreResponse(BaseModel):
+    """Answer of ``POST /score`` and ``/v1/score`` (vLLM shape): one score per pair, pair order."""
+
+    id: str
+    object: Literal["list"] = "list"
+    created: int = Field(description="Unix time of the answer.")
+    model: str
+    data: list[ScoreData]
+    usage: Usage
+
+
 # --------------------------------------------------------------------------------------------------------
 # Errors and info
 # --------------------------------------------------------------------------------------------------------
@@ -336,23 +426,61 @@ class ErrorEnvelope(BaseModel):
     error: ErrorBody
 
 
+class HealthResponse(BaseModel):
+    """Answer of ``GET /health`` and ``GET /healthz`` when the model is loaded and warmed up."""
+
+    status: Literal["ok"] = "ok"
+    model: str
+
+
+class ModelCard(BaseModel):
+    """One entry of ``GET /v1/models`` (OpenAI shape)."""
+
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str
+    kind: str
+
+
+class ModelList(BaseModel):
+    """Answer of ``GET /v1/models``: the one model this server holds."""
+
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
 class ServerInfo(BaseModel):
-    """Answer of ``GET /info``."""
+    """Answer of ``GET /info``: the model, where it runs, and every limit the server applies.
+
+    Kind-specific facts (pooling, pixel range, modalities …) come as extra fields.
+    """
 
     model_config = ConfigDict(extra="allow", protected_namespaces=())
 
-    model: str
-    kind: str
-    dim: int | None = None
+    model: str = Field(description="Served model name.")
+    kind: str = Field(description="Server kind: embed, rerank, mm-embed.")
+    dim: int | None = Field(default=None, description="Vector length (embedding servers).")
     dtype: str
     device: str
-    max_length: int
+    attention: str | None = None
+    max_length: int = Field(description="Max tokens per input (model limit and --max-length).")
+    recipe: str = Field(description="Model recipe resolved from the model's files.")
+    scoring: str | None = Field(default=None, description="How a reranker scores (rerank servers).")
+    default_instruction: str | None = None
     max_batch_tokens: int
     max_batch_size: int
-    max_client_batch: int
+    max_wait_ms: float
     max_queue_items: int
-    recipe: str
-    scoring: str | None = None
+    max_client_batch: int
+    bulk_workers: int = Field(description="Model threads of the bulk lane.")
+    retry_after_s: int = Field(description="Minimum Retry-After seconds on 429.")
+    priority_max_items: int = Field(description="Requests with at most this many items use the priority lane.")
+    priority_max_tokens: int = Field(description="Token bound of priority-lane requests.")
+    tokenizer_threads: int
+    warmup: bool = Field(description="A warm-up forward ran before the server reported healthy.")
+    max_body_bytes: int = Field(description="Max request body size.")
+    auth_required: bool = Field(description="Routes other than /health and /healthz need a Bearer key.")
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -382,13 +510,18 @@ class EmbedImageRequest(StrictRequest):
 
     images: list[ImageInput] = Field(min_length=1, description="Images to embed, in order.")
     texts: list[str] | None = Field(default=None, description="Same length as images: fused image+text inputs.")
-    input_type: InputType = Field(default="document", validation_alias=AliasChoices("input_type", "prompt"))
+    input_type: InputType = Field(
+        default="document",
+        validation_alias=AliasChoices("input_type", "prompt"),
+        description='"query" or "document" (aliases as for /embed), or a seed prompt name t2i, i2i, it2i, t2it, '
+        'i2it, it2it (document) or i2t, it2t (query).',
+    )
     instruction: str | None = Field(default=None, description="Task instruction for queries.")
-    dimensions: int | None = Field(default=None, ge=1)
-    normalize: bool = True
-    encoding_format: EncodingFormat = "float"
+    dimensions: int | None = Field(default=None, ge=1, description="Matryoshka truncation, re-normalised.")
+    normalize: bool = Field(default=True, description="L2-normalise the returned vectors.")
+    encoding_format: EncodingFormat = Field(default="float", description='"base64": little-endian float32.')
 
-    _check_input_type = field_validator("input_type", mode="before")(_normalise_input_type)
+    _check_input_type = field_validator("input_type", mode="before")(_normalise_image_input_type)
 
     @field_validator("images", mode="before")
     @classmethod
@@ -453,18 +586,23 @@ class MultiModalEmbeddingRequest(StrictRequest):
 
 
 __all__ = [
+    "IMAGE_PROMPT_INPUT_TYPES",
     "INPUT_TYPE_ALIASES",
     "CohereRerankRequest",
     "CohereRerankResponse",
     "DocInput",
+    "DocumentText",
     "EmbedImageRequest",
     "EmbedRequest",
     "EmbedResponse",
     "EncodingFormat",
     "ErrorBody",
     "ErrorEnvelope",
+    "HealthResponse",
     "ImageInput",
     "InputType",
+    "ModelCard",
+    "ModelList",
     "MultiModalEmbeddingRequest",
     "MultiModalItem",
     "OpenAIEmbeddingRequest",
@@ -472,9 +610,13 @@ __all__ = [
     "RerankRequest",
     "RerankResponse",
     "RerankResult",
+    "ScoreData",
     "ScoreRequest",
+    "ScoreResponse",
     "ServerInfo",
+    "TeiRerankHit",
     "Usage",
     "decode_base64_vector",
     "embeddings_to_array",
+    "wire_body",
 ]

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from rag_plugins.http import DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT_S, RetryPolicy, ServiceClient
+from rag_plugins.protocol import CohereRerankRequest, RerankRequest, RerankResponse, RerankResult, wire_body
 
 DEFAULT_RERANK_BASE_URL = "http://127.0.0.1:8002"
 #: Documents per HTTP request; longer lists are split and the answers merged (scores are per pair).
@@ -70,25 +71,30 @@ class RerankClient:
         )
 
     def request_for(self, query: Document, documents: list[Document], top_n: int | None) -> tuple[str, dict[str, Any]]:
-        """Path and JSON body of one request (``query`` may carry an image like a document, for multimodal rerankers)."""
+        """Path and JSON body of one request (``query`` may carry an image like a document, for multimodal
+        rerankers), built from the wire models of :mod:`rag_plugins.protocol`."""
         if self.api_style == "native":
-            body: dict[str, Any] = {"query": query, "docs": documents}
-            path = "/rerank"
-        else:
-            body = {"query": query, "documents": documents, "model": self.model or "default"}
-            path = "/rerank" if self.base_url.rstrip("/").endswith("/v1") else "/v1/rerank"
-        if top_n is not None:
-            body["top_n"] = top_n
-        if self.instruction is not None:
-            body["instruction"] = self.instruction
-        return path, body
+            native = RerankRequest.model_construct(
+                query=query, docs=documents, top_n=top_n, instruction=self.instruction
+            )
+            return "/rerank", wire_body(native)
+        cohere = CohereRerankRequest.model_construct(
+            query=query, documents=documents, model=self.model or "default", top_n=top_n, instruction=self.instruction
+        )
+        path = "/rerank" if self.base_url.rstrip("/").endswith("/v1") else "/v1/rerank"
+        return path, wire_body(cohere)
 
     def parse(self, answer: dict[str, Any], offset: int = 0) -> list[RerankHit]:
-        """Hits best first from an answer of either style; ``offset`` shifts indices of a split request."""
+        """Hits best first from an answer of either style; ``offset`` shifts indices of a split request.
+
+        The native answer is parsed as :class:`~rag_plugins.protocol.RerankResponse`; Cohere/Jina answers
+        (whose envelopes differ between vendors) as their :class:`~rag_plugins.protocol.RerankResult` items.
+        """
         if self.api_style == "native":
-            scores = answer["scores"]
-            return [RerankHit(offset + int(i), float(scores[int(i)])) for i in answer["order"]]
-        return [RerankHit(offset + int(r["index"]), float(r["relevance_score"])) for r in answer["results"]]
+            native = RerankResponse.model_validate(answer)
+            return [RerankHit(offset + i, float(native.scores[i])) for i in native.order]
+        results = [RerankResult.model_validate(r) for r in answer["results"]]
+        return [RerankHit(offset + r.index, float(r.relevance_score)) for r in results]
 
     def _chunks(self, documents: list[Document]) -> list[tuple[int, list[Document]]]:
         step = self.max_documents_per_request

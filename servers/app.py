@@ -21,33 +21,23 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from servers.engine_api import Engine
 from servers.errors import QueueFullError, ServingError
+from servers.kinds import kind_spec
 from servers.metrics import ServerMetrics
 from servers.responses import error_response
-from servers.routes import common, embedding
+from servers.routes import common
 from servers.settings import ServerSettings
 
 logger = logging.getLogger(__name__)
 
-EngineFactory = Callable[[ServerSettings, ServerMetrics], Any]
-_PUBLIC_PATHS = frozenset({"/health"})
+EngineFactory = Callable[[ServerSettings, ServerMetrics], Engine]
 
 
-def default_engine_factory(settings: ServerSettings, metrics: ServerMetrics) -> Any:
-    """Build the engine for ``settings.kind`` (imports torch lazily)."""
-    if settings.kind == "embed":
-        from servers.engines.embedding import EmbeddingEngine
-
-        return EmbeddingEngine.from_settings(settings, metrics)
-    if settings.kind == "rerank":
-        from servers.engines.rerank import RerankEngine
-
-        return RerankEngine.from_settings(settings, metrics)
-    if settings.kind == "mm-embed":
-        from servers.engines.multimodal import MultiModalEmbeddingEngine
-
-        return MultiModalEmbeddingEngine.from_settings(settings, metrics)
-    raise ValueError(f"server kind {settings.kind!r} is not available in this version")
+def default_engine_factory(settings: ServerSettings, metrics: ServerMetrics) -> Engine:
+    """Build the engine of ``settings.kind`` from the kind registry (imports torch lazily)."""
+    engine: Engine = kind_spec(settings.kind).engine_class().from_settings(settings, metrics)
+    return engine
 
 
 class RequestGuard:
@@ -117,7 +107,7 @@ class RequestGuard:
         length = headers.get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.settings.max_body_bytes:
             return _too_large(self.settings.max_body_bytes)
-        if self._keys and scope["path"] not in _PUBLIC_PATHS:
+        if self._keys and scope["path"] not in common.PUBLIC_PATHS:
             auth = headers.get(b"authorization", b"")
             scheme, _, token = auth.partition(b" ")
             if scheme.lower() != b"bearer" or not any(hmac.compare_digest(token.strip(), k) for k in self._keys):
@@ -151,7 +141,7 @@ def _validation_message(exc: RequestValidationError) -> tuple[int, str]:
 
 def create_app(
     settings: ServerSettings,
-    engine: Any | None = None,
+    engine: Engine | None = None,
     engine_factory: EngineFactory = default_engine_factory,
 ) -> FastAPI:
     """Build the server app for ``settings.kind``.
@@ -162,7 +152,8 @@ def create_app(
             background when the app starts.
         engine_factory: Loads the engine; runs in a thread so ``/health`` can answer 503 meanwhile.
     """
-    metrics = engine.metrics if engine is not None else ServerMetrics()
+    spec = kind_spec(settings.kind)
+    metrics: ServerMetrics = getattr(engine, "metrics", None) or ServerMetrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -200,17 +191,8 @@ def create_app(
         docs_url="/docs",
         redoc_url=None,
     )
-    routers = [common.router]
-    if settings.kind == "embed":
-        routers += [embedding.text_router, embedding.router]
-    elif settings.kind == "rerank":
-        from servers.routes import rerank
-
-        routers.append(rerank.router)
-    elif settings.kind == "mm-embed":
-        from servers.routes import multimodal
-
-        routers += [embedding.text_router, multimodal.router]
+    app.state.settings = settings
+    routers = [common.router, *spec.router_objects()]
     for router in routers:
         app.include_router(router)
 

@@ -17,6 +17,7 @@ import sys
 from dataclasses import MISSING, fields
 from typing import Any, get_type_hints
 
+from servers.kinds import KINDS, kind_spec
 from servers.settings import SERVER_KINDS, ServerSettings, env_var_name, settings_from_env
 
 FLAG_HELP: dict[str, str] = {
@@ -41,7 +42,6 @@ FLAG_HELP: dict[str, str] = {
     "priority_max_tokens": "token bound of priority-lane requests",
     "tokenizer_threads": "threads that tokenize while the model runs",
     "retry_after_s": "minimum Retry-After seconds on 429",
-    "trust_remote_code": "allow model repositories' own Python code",
     "instruction": "default task instruction (overrides the model's)",
     "log_level": "debug, info, warning, error",
     "warmup": "run a warm-up forward before reporting healthy",
@@ -54,16 +54,22 @@ FLAG_HELP: dict[str, str] = {
                   "(default: the recipe's, GME 256*28*28, Qwen3-VL 4*32*32)",
     "max_pixels": "mm-embed/multimodal rerank: images larger than this area are downscaled for the model, bounding "
                   "image tokens (default: the recipe's, GME 1280*28*28, Qwen3-VL 1800*32*32 embed, 1280*32*32 rerank)",
+    "vision_positions": "mm-embed/multimodal rerank: decoder position ids: recipe (GME: sequential, as its published "
+                        "code; Qwen3-VL and Lychee: M-RoPE), sequential, or mrope (vLLM-compatible GME vectors)",
+    "prompt_template": "rerank (yes/no models): JSON file {prefix, middle, suffix, default_instruction?, empty_side?} "
+                       "replacing the recipe's prompt; middle holds {instruction}, {query} and {doc}",
 }
 
 
-def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
+def _add_setting_flags(parser: argparse.ArgumentParser, kind: str) -> None:
+    """Add one flag per setting that ``kind`` reads (a flag another kind reads is refused as unknown)."""
     hints = get_type_hints(ServerSettings)
+    spec = kind_spec(kind)
     for f in fields(ServerSettings):
-        if f.name == "kind":
+        if f.name not in spec.settings:
             continue
         flag = "--" + f.name.replace("_", "-")
-        default = None if f.default is MISSING else f.default
+        default = spec.defaults.get(f.name, None if f.default is MISSING else f.default)
         shown = ",".join(default) if isinstance(default, tuple) else default
         help_text = f"{FLAG_HELP.get(f.name, '')} [env {env_var_name(f.name)}; default {shown!r}]"
         annotation = str(hints[f.name])
@@ -86,9 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="rag-serve", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    for kind in SERVER_KINDS:
-        p = sub.add_parser(kind, help=f"serve one {kind} model", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-        _add_setting_flags(p)
+    for kind, spec in KINDS.items():
+        p = sub.add_parser(kind, help=spec.summary, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        _add_setting_flags(p, kind)
     from servers import stack
 
     stack.add_stack_commands(sub)
@@ -96,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def settings_from_args(kind: str, args: argparse.Namespace, environ: dict[str, str] | None = None) -> ServerSettings:
+    """Settings of a ``rag-serve KIND`` command: its flags over ``RAG_SERVE_*`` variables over defaults."""
     explicit: dict[str, Any] = {}
     for f in fields(ServerSettings):
         if f.name == "kind":

@@ -29,6 +29,14 @@ from dataclasses import dataclass, field
 from typing import Generic, Literal, Protocol, TypeVar
 
 from servers.errors import QueueFullError, RequestTooLargeError, ServingError
+from servers.settings import (
+    DEFAULT_BULK_WORKERS,
+    DEFAULT_MAX_BATCH_SIZE,
+    DEFAULT_MAX_BATCH_TOKENS,
+    DEFAULT_MAX_QUEUE_ITEMS,
+    DEFAULT_MAX_WAIT_MS,
+    DEFAULT_RETRY_AFTER_S,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -46,14 +54,14 @@ CANDIDATE_WINDOW_PER_BATCH_SLOT = 8
 class BatchLimits:
     """Limits the scheduler packs batches under."""
 
-    max_batch_tokens: int = 16384
-    max_batch_size: int = 256
-    max_wait_ms: float = 2.0
-    max_queue_items: int = 100_000
-    retry_after_s: int = 1
+    max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS
+    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
+    max_wait_ms: float = DEFAULT_MAX_WAIT_MS
+    max_queue_items: int = DEFAULT_MAX_QUEUE_ITEMS
+    retry_after_s: int = DEFAULT_RETRY_AFTER_S
     #: Workers (and model threads) of the bulk lane; with 2, one batch is prepared and launched while the
     #: accelerator still runs the other, which hides the host work between batches.
-    bulk_workers: int = 1
+    bulk_workers: int = DEFAULT_BULK_WORKERS
 
 
 class BatchObserver(Protocol):

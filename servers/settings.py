@@ -9,10 +9,21 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
-from typing import Any, Literal, get_args, get_type_hints
+from typing import Any, get_type_hints
 
-ServerKind = Literal["embed", "rerank", "mm-embed"]
+from servers.kinds import KINDS, SERVER_KINDS, kind_spec
+
+ServerKind = str
+"""A key of :data:`servers.kinds.KINDS` (``embed``, ``rerank``, ``mm-embed``)."""
 ENV_PREFIX = "RAG_SERVE_"
+
+# Batching defaults: the one place they are written (the scheduler's ``BatchLimits`` refers to these).
+DEFAULT_MAX_BATCH_TOKENS = 16384
+DEFAULT_MAX_BATCH_SIZE = 256
+DEFAULT_MAX_WAIT_MS = 2.0
+DEFAULT_MAX_QUEUE_ITEMS = 100_000
+DEFAULT_RETRY_AFTER_S = 1
+DEFAULT_BULK_WORKERS = 1
 
 
 @dataclass(frozen=True)
@@ -32,19 +43,18 @@ class ServerSettings:
     port: int = 8000
     api_keys: tuple[str, ...] = ()
     max_length: int = 8192
-    max_batch_tokens: int = 16384
-    max_batch_size: int = 256
-    max_wait_ms: float = 2.0
-    max_queue_items: int = 100_000
+    max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS
+    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
+    max_wait_ms: float = DEFAULT_MAX_WAIT_MS
+    max_queue_items: int = DEFAULT_MAX_QUEUE_ITEMS
     max_client_batch: int = 2048
     max_body_bytes: int = 32 * 1024 * 1024
-    bulk_workers: int = 1
+    bulk_workers: int = DEFAULT_BULK_WORKERS
     last_token_padding: str = "right"
     priority_max_items: int = 8
     priority_max_tokens: int = 4096
     tokenizer_threads: int = 2
-    retry_after_s: int = 1
-    trust_remote_code: bool = False
+    retry_after_s: int = DEFAULT_RETRY_AFTER_S
     instruction: str | None = None
     log_level: str = "info"
     warmup: bool = True
@@ -57,9 +67,15 @@ class ServerSettings:
     # None: the model recipe's range (GME 256..1280 x 28², Qwen3-VL 4..1800 x 32² embed / 4..1280 x 32² rerank).
     min_pixels: int | None = None
     max_pixels: int | None = None
+    # Vision-language models: decoder positions (recipe: GME sequential, Qwen3-VL / Lychee M-RoPE).
+    vision_positions: str = "recipe"
+    # Yes/no rerankers: a JSON file replacing the recipe's prompt template.
+    prompt_template: str | None = None
 
     def __post_init__(self) -> None:
         problems = []
+        if self.kind not in KINDS:
+            problems.append(f"kind must be one of {', '.join(SERVER_KINDS)}; got {self.kind!r}")
         if not self.model:
             problems.append("model is required (--model PATH_OR_HF_ID or RAG_SERVE_MODEL)")
         for name in ("max_length", "max_batch_tokens", "max_batch_size", "max_queue_items", "max_client_batch"):
@@ -67,6 +83,8 @@ class ServerSettings:
                 problems.append(f"{name} must be >= 1")
         if self.bulk_workers < 1:
             problems.append("bulk_workers must be >= 1")
+        if self.vision_positions not in ("recipe", "sequential", "mrope"):
+            problems.append("vision_positions must be 'recipe', 'sequential' or 'mrope'")
         if self.last_token_padding not in ("left", "right"):
             problems.append("last_token_padding must be 'left' or 'right'")
         for name in ("max_image_bytes", "max_image_pixels", "min_pixels", "max_pixels"):
@@ -133,10 +151,22 @@ def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
 
 
 def settings_from_env(environ: Mapping[str, str] | None = None, **explicit: Any) -> ServerSettings:
-    """Build settings from defaults, then ``RAG_SERVE_*`` variables, then ``explicit`` keyword values."""
+    """Build settings from defaults (the kind's, then the dataclass's), ``RAG_SERVE_*`` variables, then
+    ``explicit`` keyword values."""
     values = env_overrides(os.environ if environ is None else environ)
     values.update({k: v for k, v in explicit.items() if v is not None})
+    kind = values.get("kind", ServerSettings.kind)
+    if kind in KINDS:
+        values = {**kind_spec(kind).defaults, **values}
     return ServerSettings(**values)
 
 
-SERVER_KINDS: tuple[str, ...] = get_args(ServerKind)
+__all__ = [
+    "ENV_PREFIX",
+    "SERVER_KINDS",
+    "ServerKind",
+    "ServerSettings",
+    "env_overrides",
+    "env_var_name",
+    "settings_from_env",
+]

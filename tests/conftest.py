@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from servers.testing.qwen_tokenizer import save_qwen_tokenizer
-from servers.testing.random_models import minilm_dir, save_qwen3_embedding, save_qwen3_reranker
+from testkit.qwen_tokenizer import save_qwen_tokenizer
+from testkit.random_models import minilm_dir, save_qwen3_embedding, save_qwen3_reranker
 
 
 @pytest.fixture(scope="session")

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rag_plugins.milvus.items import StoreItem
-from rag_plugins.milvus.store import Hit
 from rag_plugins.optional import require
+
+if TYPE_CHECKING:  # the store imports this module (add_nodes); a runtime import back would close a circle
+    from rag_plugins.milvus.store import Hit
 
 _schema = require("llama_index.core.schema", "llamaindex")
 TextNode = _schema.TextNode

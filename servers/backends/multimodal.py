@@ -2,9 +2,11 @@
 
 GME's remote code pins transformers < 4.52 and the stock Qwen-VL processors import torchvision (for video),
 so this project runs the recipes itself on the current transformers ``Qwen2VLModel`` / ``Qwen3VLModel``
-(the class the recipe names): the template of :mod:`servers.recipes.multimodal`, the image processor used
-directly (its PIL path), image tokens expanded from the processor's grid, M-RoPE position ids from
-``get_rope_index`` with ``mm_token_type_ids``, left padding and the last position's hidden state.
+(the class the recipe names): the template of :mod:`servers.recipes.multimodal`, the recipe's image
+pre-resize (GME's ``fetch_image``) then the image processor used directly (its PIL path), image tokens
+expanded from the processor's grid, the recipe's position ids (sequential for GME, M-RoPE from
+``get_rope_index`` with ``mm_token_type_ids`` for Qwen3-VL), left padding and the last position's hidden
+state.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from servers.backends.torch_runtime import (
     model_load_kwargs,
     model_max_length,
     pad_batch,
+    positions_from_mask,
 )
 from servers.errors import InvalidRequestError, RequestTooLargeError
 from servers.recipes.multimodal import (
@@ -34,7 +37,9 @@ from servers.recipes.multimodal import (
     VISION_END,
     VISION_SPECIAL_TOKENS,
     VISION_START,
+    ImagePreResize,
     MultiModalRecipe,
+    PositionScheme,
 )
 
 logger = logging.getLogger(__name__)
@@ -96,13 +101,24 @@ def load_image_processor(model_dir: Path, min_pixels: int, max_pixels: int) -> A
     return Qwen2VLImageProcessorPil.from_pretrained(str(model_dir), min_pixels=min_pixels, max_pixels=max_pixels)
 
 
-def process_image(image_processor: Any, image: Image.Image) -> tuple[np.ndarray, tuple[int, int, int], int]:
-    """Pre-process one image (blocking CPU work).
+def process_image(
+    image_processor: Any, image: Image.Image, pre_resize: ImagePreResize | None = None
+) -> tuple[np.ndarray, tuple[int, int, int], int]:
+    """Pre-process one image (blocking CPU work): the recipe's pre-resize, then the image processor.
+
+    Args:
+        image_processor: The model's Qwen-VL image processor.
+        image: A decoded RGB image.
+        pre_resize: The recipe's first resize (qwen-vl-utils' ``fetch_image``), or None.
 
     Returns:
         (pixel_values float32 (patches, C*T*P*P), the (t, h, w) patch grid, the image's token count after
         the ``merge_size`` x ``merge_size`` merge).
     """
+    if pre_resize is not None:
+        size = pre_resize.target_size(*image.size)
+        # PIL's default filter for RGB images, which fetch_image's plain ``image.resize(size)`` uses.
+        image = image.resize(size, Image.Resampling.BICUBIC)
     out = image_processor(images=[image], return_tensors="pt")
     pixel_values = out["pixel_values"].numpy().astype(np.float32, copy=False)
     g = out["image_grid_thw"][0].tolist()
@@ -128,12 +144,14 @@ def expand_image_pads(ids: list[int], image_token_id: int, counts: list[int]) ->
 
 def vision_model_inputs(
     model: Any, ids: torch.Tensor, mask: torch.Tensor, image_token_id: int, pixel_values: list[np.ndarray],
-    grids: list[tuple[int, int, int]],
+    grids: list[tuple[int, int, int]], positions: PositionScheme = "mrope",
 ) -> dict[str, Any]:
-    """Keyword inputs of a ``Qwen2VLModel`` / ``Qwen3VLModel`` forward for a padded batch (images in row-major order).
+    """Keyword inputs of a Qwen-VL model forward for a left-padded batch (images in row-major order).
 
     Position ids are computed for every batch, text-only ones included: with left padding the model's own
-    default (arange over the padded row) would shift a padded text's positions.
+    default (arange over the padded row) would shift a padded text's positions. ``sequential`` gives each
+    row 0..n-1 from its first real token (what a decoder called without position ids computes for an
+    unpadded input, GME's case); ``mrope`` the model's ``get_rope_index``.
     """
     device = ids.device
     # 1 marks image tokens: get_rope_index gives them 3-D (t, h, w) positions, text 1-D ones.
@@ -143,7 +161,12 @@ def vision_model_inputs(
     if image_grid_thw is not None:
         extra["pixel_values"] = torch.from_numpy(np.concatenate(pixel_values)).to(device)
         extra["image_grid_thw"] = image_grid_thw
-    position_ids, _ = model.get_rope_index(ids, mm_token_type_ids, image_grid_thw=image_grid_thw, attention_mask=mask)
+    if positions == "sequential":
+        position_ids = positions_from_mask(mask)
+    else:
+        position_ids, _ = model.get_rope_index(
+            ids, mm_token_type_ids, image_grid_thw=image_grid_thw, attention_mask=mask
+        )
     return {
         "input_ids": ids, "attention_mask": mask, "position_ids": position_ids,
         "mm_token_type_ids": mm_token_type_ids, "use_cache": False, **extra,
@@ -166,15 +189,17 @@ class QwenVLEmbedder:
     Args:
         min_pixels: Image area lower bound after resizing (None: the recipe's default).
         max_pixels: Upper bound (None: the recipe's default).
+        positions: Decoder position ids (None: the recipe's).
     """
 
     def __init__(
         self, model_dir: Path, recipe: MultiModalRecipe, placement: Placement, max_length: int,
-        min_pixels: int | None = None, max_pixels: int | None = None,
+        min_pixels: int | None = None, max_pixels: int | None = None, positions: PositionScheme | None = None,
     ) -> None:
         from transformers import AutoTokenizer
 
         self.recipe = recipe
+        self.positions: PositionScheme = positions or recipe.positions
         self.placement = placement
         tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
         self._tokenizer = ThreadLocalTokenizer(tokenizer)
@@ -221,7 +246,7 @@ class QwenVLEmbedder:
         grid: tuple[int, int, int] | None = None
         n_image = 0
         if image is not None:
-            pixel_values, grid, n_image = process_image(self.image_processor, image)
+            pixel_values, grid, n_image = process_image(self.image_processor, image, self.recipe.pre_resize)
             ids = expand_image_pads(ids, self.image_token_id, [n_image])
         original = len(ids)
         if original > self.max_length:
@@ -260,6 +285,8 @@ class QwenVLEmbedder:
             ids, mask = pad_batch([p.ids for p in batch], self.pad_token_id, "left", device)
             grids = [p.grid_thw for p in batch if p.grid_thw is not None]
             pixels = [p.pixel_values for p in batch if p.pixel_values is not None]
-            out = self.model(**vision_model_inputs(self.model, ids, mask, self.image_token_id, pixels, grids))
+            out = self.model(
+                **vision_model_inputs(self.model, ids, mask, self.image_token_id, pixels, grids, self.positions)
+            )
             # Left padding: the last column is every row's last real token (the template's last).
             return HostResult(out.last_hidden_state[:, -1].float())

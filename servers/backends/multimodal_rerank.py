@@ -1,11 +1,13 @@
 """Torch backend of yes/no vision-language reranking on the current transformers Qwen2-VL / Qwen3-VL models.
 
 The recipe is rule 0 of :mod:`servers.recipes.rerank`: the model type's template (Qwen3-Reranker's for
-Qwen2-VL rerankers, the official Qwen3-VL-Reranker turn for ``qwen3_vl``), where the query and the document
-are each ``{IMG}{text}`` (``IMG = <|vision_start|><|image_pad|><|vision_end|>`` when that side has an image).
-Image handling is the embedders' (:mod:`servers.backends.multimodal`): the PIL image processor,
+Qwen2-VL rerankers, the official Qwen3-VL-Reranker turn for ``qwen3_vl``, Lychee-Rerank-MM's for
+``qwen2_5_vl``), where the query and the document are each ``{IMG}{text}``
+(``IMG = <|vision_start|><|image_pad|><|vision_end|>`` when that side has an image). Image handling is the
+embedders' (:mod:`servers.backends.multimodal`): the recipe's pre-resize, the PIL image processor,
 ``<|image_pad|>`` expanded to the image's token count from its grid, M-RoPE position ids from
-``get_rope_index`` with ``mm_token_type_ids``. Left padding; the score is read at the last position through
+``get_rope_index`` with ``mm_token_type_ids`` (or sequential ones where a recipe or ``--vision-positions``
+says so). Left padding; the score is read at the last position through
 the two LM-head rows ``[no, yes]`` (the 150k-wide vocabulary projection is never computed).
 """
 
@@ -40,7 +42,7 @@ from servers.backends.torch_runtime import (
     pad_batch,
 )
 from servers.errors import RequestTooLargeError
-from servers.recipes.multimodal import IMAGE_PAD, VISION_END, VISION_START
+from servers.recipes.multimodal import IMAGE_PAD, VISION_END, VISION_START, PositionScheme
 from servers.recipes.rerank import RerankRecipe
 
 logger = logging.getLogger(__name__)
@@ -111,7 +113,7 @@ class QwenVLPairScorer:
 
     def __init__(
         self, model_dir: Path, recipe: RerankRecipe, placement: Placement, max_length: int,
-        min_pixels: int | None = None, max_pixels: int | None = None,
+        min_pixels: int | None = None, max_pixels: int | None = None, positions: PositionScheme | None = None,
     ) -> None:
         from transformers import AutoTokenizer
 
@@ -120,6 +122,8 @@ class QwenVLPairScorer:
         self.recipe = recipe
         self.template = recipe.template
         self.placement = placement
+        self.positions: PositionScheme = positions or recipe.vision.positions
+        self.pre_resize = recipe.vision.pre_resize
         tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
         self._tokenizer = ThreadLocalTokenizer(tokenizer)
         self.min_pixels, self.max_pixels = pixel_range(
@@ -133,7 +137,8 @@ class QwenVLPairScorer:
         self.model: Any = cast(Any, full.model).to(placement.device).eval()
         config = full.config
         del full
-        self.max_length = model_max_length(config.text_config, tokenizer, max_length)
+        cap = recipe.vision.max_length
+        self.max_length = model_max_length(config.text_config, tokenizer, min(max_length, cap) if cap else max_length)
         self.image_token_id = int(config.image_token_id)
         if tokenizer.convert_tokens_to_ids(IMAGE_PAD) != self.image_token_id:
             raise ValueError(f"tokenizer's {IMAGE_PAD} is not the model's image_token_id {self.image_token_id}")
@@ -144,7 +149,7 @@ class QwenVLPairScorer:
     # --------------------------------------------------------------------------------------------- prepare
     def process_image(self, image: Image.Image) -> ProcessedImage:
         """Run the image processor on one decoded image (blocking CPU work)."""
-        pixel_values, grid, tokens = process_image(self.image_processor, image)
+        pixel_values, grid, tokens = process_image(self.image_processor, image, self.pre_resize)
         return ProcessedImage(pixel_values, grid, tokens)
 
     def prepare_pair(self, query: PairSide, doc: PairSide, instruction: str, truncate: bool = True) -> PreparedPair:
@@ -219,6 +224,8 @@ class QwenVLPairScorer:
             ids, mask = pad_batch([p.ids for p in batch], self.pad_token_id, "left", self.placement.device)
             pixels = [pv for p in batch for pv in p.pixel_values]
             grids = [g for p in batch for g in p.grids]
-            out = self.model(**vision_model_inputs(self.model, ids, mask, self.image_token_id, pixels, grids))
+            out = self.model(
+                **vision_model_inputs(self.model, ids, mask, self.image_token_id, pixels, grids, self.positions)
+            )
             # Left padding: the last column is every row's last real token.
             return HostResult(self.head.raw(out.last_hidden_state[:, -1]))

@@ -56,6 +56,31 @@ class TextEmbeddingBackend(Protocol):
     def launch(self, batch: list[list[int]], lane: str) -> HostResult: ...
 
 
+def appended_token_id(tokenizer: Any) -> int | None:
+    """The token the tokenizer's post-processor appends to every sequence, or None when it appends none."""
+    probe = "end token probe"
+    plain = list(tokenizer(probe, add_special_tokens=False)["input_ids"])
+    full = list(tokenizer(probe, add_special_tokens=True)["input_ids"])
+    if len(full) > len(plain) and full[-1] != plain[-1] and full[-1 - len(plain) : -1] == plain:
+        return int(full[-1])
+    return None
+
+
+def resolve_end_token_id(tokenizer: Any, recipe: EmbeddingRecipe) -> int | None:
+    """The token every last-token input ends with: the post-processor's, else the recipe's end token (when
+    the vocabulary has it as one token), else ``config.json``'s EOS, else the tokenizer's EOS."""
+    appended = appended_token_id(tokenizer)
+    if appended is not None:
+        return appended
+    if recipe.end_token is not None:
+        token_id = tokenizer.convert_tokens_to_ids(recipe.end_token)
+        unk = getattr(tokenizer, "unk_token_id", None)
+        if token_id is not None and token_id != unk:
+            return int(token_id)
+    eos = recipe.eos_token_id if recipe.eos_token_id is not None else tokenizer.eos_token_id
+    return int(eos) if eos is not None else None
+
+
 class LastTokenEmbedder:
     """Decoder embedder (Qwen3-Embedding recipe): EOS-terminated input, hidden state of the last real token.
 
@@ -87,8 +112,7 @@ class LastTokenEmbedder:
         self.dim = int(config.hidden_size)
         self.max_length = model_max_length(config, None, max_length)
         self.vocab_size = int(config.vocab_size)
-        eos = recipe.eos_token_id if recipe.eos_token_id is not None else tokenizer.eos_token_id
-        self.eos_token_id: int | None = int(eos) if eos is not None else None
+        self.eos_token_id: int | None = resolve_end_token_id(tokenizer, recipe)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_token_id
         self.pad_token_id = int(pad) if pad is not None else 0
         causal = all(bool(m.is_causal) for m in self.model.modules() if isinstance(getattr(m, "is_causal", None), bool))

@@ -158,6 +158,14 @@ class EngineBase(Generic[P, R]):
                 "(--max-client-batch): split the request"
             )
 
+    def requested_instruction(self, instruction: str | None) -> str | None:
+        """A request's instruction, else the server's ``--instruction``, else None (the recipe's default).
+
+        The one place every engine resolves (request, server flag, model default): recipes fill in their own
+        default when this returns None.
+        """
+        return instruction if instruction is not None else self.settings.instruction
+
     def _is_priority(self, n_items: int, n_tokens: int) -> bool:
         return n_items <= self.settings.priority_max_items and n_tokens <= self.settings.priority_max_tokens
 

@@ -103,7 +103,8 @@ class EmbeddingEngine(EngineBase[list[int], np.ndarray]):
         self._check_count(len(texts), "texts")
         self._check_dimensions(dimensions)
         recipe = self.backend.recipe
-        formatted = [recipe.format(t, input_type, instruction) for t in texts]
+        task = self.requested_instruction(instruction)
+        formatted = [recipe.format(t, input_type, task) for t in texts]
         tokenized = await self._off_loop(self.backend.tokenize, formatted)
         return await self._embed_tokenized(tokenized, dimensions, normalize, truncate)
 
@@ -146,7 +147,7 @@ class EmbeddingEngine(EngineBase[list[int], np.ndarray]):
             "pooling": b.recipe.pooling,
             "normalize": b.recipe.normalize,
             "min_dimensions": b.recipe.min_dimensions,
-            "default_instruction": b.recipe.default_instruction,
+            "default_instruction": self.requested_instruction(None) or b.recipe.default_instruction,
             "scoring": None,
         }
 

@@ -7,7 +7,7 @@ its image tokens, so the token budget bounds image batches too.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from PIL import Image
@@ -19,7 +19,7 @@ from servers.engines.embedding import EmbeddingResult, matryoshka
 from servers.errors import InvalidRequestError, ServingError
 from servers.images import ImagePolicy, MultiModalInput, load_image
 from servers.metrics import ServerMetrics
-from servers.recipes.multimodal import resolve_multimodal_recipe
+from servers.recipes.multimodal import PositionScheme, resolve_multimodal_recipe
 from servers.settings import ServerSettings
 
 __all__ = ["MultiModalEmbeddingEngine", "MultiModalInput"]
@@ -44,8 +44,10 @@ class MultiModalEmbeddingEngine(EngineBase[PreparedInput, np.ndarray]):
     ) -> MultiModalEmbeddingEngine:
         """Load the model named by ``settings.model`` onto ``settings.device`` (blocking)."""
         model_dir, recipe, placement = place_model(settings, resolve_multimodal_recipe)
+        positions = None if settings.vision_positions == "recipe" else settings.vision_positions
         backend = QwenVLEmbedder(
-            model_dir, recipe, placement, settings.max_length, settings.min_pixels, settings.max_pixels
+            model_dir, recipe, placement, settings.max_length, settings.min_pixels, settings.max_pixels,
+            cast(PositionScheme | None, positions),
         )
         check_fits_batch(backend.max_length, settings)
         return cls(backend, settings, metrics)
@@ -101,7 +103,8 @@ class MultiModalEmbeddingEngine(EngineBase[PreparedInput, np.ndarray]):
         small = interactive and len(items) <= self.settings.priority_max_items
         # Image download/decoding and the image processor are CPU work: off the event loop.
         prepared = await self._off_loop(
-            self._prepare_all, list(items), input_type, instruction, truncate, stage="prepare", priority=small
+            self._prepare_all, list(items), input_type, self.requested_instruction(instruction), truncate,
+            stage="prepare", priority=small,
         )
         costs = [len(p.ids) for p in prepared]
         rows = await self._schedule(prepared, costs, priority=interactive)
@@ -116,7 +119,7 @@ class MultiModalEmbeddingEngine(EngineBase[PreparedInput, np.ndarray]):
             "max_batch_tokens": s.max_batch_tokens, "max_batch_size": s.max_batch_size,
             "max_client_batch": s.max_client_batch, "max_queue_items": s.max_queue_items,
             "max_wait_ms": s.max_wait_ms, "recipe": b.recipe.name, "pooling": "lasttoken", "normalize": True,
-            "min_dimensions": b.recipe.min_dimensions, "default_instruction": b.recipe.default_instruction,
+            "min_dimensions": b.recipe.min_dimensions, "default_instruction": self.requested_instruction(None) or b.recipe.default_instruction,
             "scoring": None, "modalities": ["text", "image", "text+image"],
             "min_pixels": b.min_pixels, "max_pixels": b.max_pixels, "max_image_pixels": s.max_image_pixels,
             "max_image_bytes": s.max_image_bytes, "image_paths": bool(s.image_root),

@@ -8,8 +8,9 @@ share batches. Scores do not depend on batch composition (see ``servers.backends
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 from PIL import Image
@@ -20,7 +21,8 @@ from servers.engines.base import EngineBase, check_fits_batch, place_model
 from servers.errors import InvalidRequestError, RequestTooLargeError, ServingError, UnsupportedOperationError
 from servers.images import ImagePolicy, MultiModalInput, load_image
 from servers.metrics import ServerMetrics
-from servers.recipes.rerank import Activation, resolve_rerank_recipe
+from servers.recipes.multimodal import PositionScheme
+from servers.recipes.rerank import Activation, load_pair_template, resolve_rerank_recipe
 from servers.settings import ServerSettings
 
 #: A query or document: a text, or (multimodal rerankers) a text and/or an image.
@@ -114,10 +116,19 @@ class RerankEngine(EngineBase[Any, Any]):
     def from_settings(cls, settings: ServerSettings, metrics: ServerMetrics | None = None) -> RerankEngine:
         """Load the model named by ``settings.model`` onto ``settings.device`` (blocking)."""
         model_dir, recipe, placement = place_model(settings, resolve_rerank_recipe)
+        if settings.prompt_template:
+            if recipe.template is None or recipe.kind not in ("decoder", "vision-decoder"):
+                raise ValueError(
+                    f"--prompt-template applies to yes/no and decoder rerankers; this model's recipe is {recipe.name}"
+                )
+            recipe = replace(recipe, name=f"{recipe.name}, template from {settings.prompt_template}",
+                             template=load_pair_template(Path(settings.prompt_template), recipe.template))
         backend: RerankBackend | QwenVLPairScorer
         if recipe.accepts_images:
+            positions = None if settings.vision_positions == "recipe" else settings.vision_positions
             backend = QwenVLPairScorer(
-                model_dir, recipe, placement, settings.max_length, settings.min_pixels, settings.max_pixels
+                model_dir, recipe, placement, settings.max_length, settings.min_pixels, settings.max_pixels,
+                cast(PositionScheme | None, positions),
             )
         else:
             backend = load_reranker(model_dir, recipe, placement, settings.max_length)
@@ -132,7 +143,7 @@ class RerankEngine(EngineBase[Any, Any]):
 
     @property
     def default_instruction(self) -> str | None:
-        return self.settings.instruction or self.recipe.default_instruction()
+        return self.requested_instruction(None) or self.recipe.default_instruction()
 
     async def rerank(
         self,
@@ -194,7 +205,7 @@ class RerankEngine(EngineBase[Any, Any]):
             text_pairs.append((q_text, d_text))
         pairs = text_pairs
         if isinstance(backend, BiEncoderScorer):
-            return await self._score_bi_encoder(backend, list(pairs), instruction, truncate)
+            return await self._score_bi_encoder(backend, list(pairs), self.requested_instruction(instruction), truncate)
         encoded = await self._off_loop(backend.tokenize_pairs, list(pairs), task or "")
         self._check_truncation(encoded, truncate, "pair")
         costs = [len(e.ids) for e in encoded]

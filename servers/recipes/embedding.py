@@ -4,9 +4,15 @@ A recipe is resolved from the model's own files (``config.json``, the sentence-t
 ``1_Pooling/config.json`` and ``config_sentence_transformers.json``), never from the model's name:
 
 * a sentence-transformers model whose pooling is ``lasttoken`` (Qwen3-Embedding and other decoder
-  embedders) and any decoder-only model without sentence-transformers files get :data:`LAST_TOKEN`
-  pooling: the sequence must end with the model's EOS token (appended when the tokenizer does not do it),
-  left padding, the hidden state of the last real token, L2 norm;
+  embedders) and any decoder-only model without sentence-transformers files get last-token pooling: the
+  sequence must end with an end token, left padding, the hidden state of the last real token, L2 norm.
+  The Qwen3-Embedding model card (``Qwen/Qwen3-Embedding-*`` README, transformers usage) ends every sequence
+  with ``<|endoftext|>`` (id 151643), the token the official tokenizer's post-processor appends. The backend
+  takes the end token from, in order: the tokenizer's own post-processor (whatever it appends), the recipe's
+  :data:`LAST_TOKEN_END` when the vocabulary has it, ``config.json``'s ``eos_token_id``, the tokenizer's
+  EOS. (Fine-tunes of Qwen3 chat models often name ``<|im_end|>`` as ``eos_token_id``; taking that first
+  would give vectors unlike the model card's and unlike the same checkpoint served with the official
+  tokenizer.)
 * any other sentence-transformers model runs its own modules (pooling, dense layers) and prompts.
 
 Query instructions: when the model's query prompt has the shape ``Instruct: <task>\\nQuery:`` (the
@@ -31,6 +37,8 @@ PoolingKind = Literal["lasttoken", "sentence-transformers"]
 DEFAULT_RETRIEVAL_INSTRUCTION = "Given a web search query, retrieve relevant passages that answer the query"
 #: Query prompt of decoder embedders that ship without sentence-transformers prompts.
 DEFAULT_INSTRUCT_QUERY_TEMPLATE = "Instruct: {instruction}\nQuery:"
+#: End token of last-token recipes (Qwen3-Embedding model card), when the tokenizer appends none itself.
+LAST_TOKEN_END = "<|endoftext|>"
 
 _INSTRUCT_PROMPT = re.compile(r"^Instruct:\s?(?P<task>.*)\nQuery:\s?$", re.DOTALL)
 _DECODER_ARCH_SUFFIXES = ("ForCausalLM",)
@@ -47,7 +55,9 @@ class EmbeddingRecipe:
         query_template: Prefix for queries; ``{instruction}`` is replaced by the task when present.
         default_instruction: Task used when a query request names none (None: template has no slot).
         document_prompt: Prefix for documents.
-        eos_token_id: Token every sequence must end with (last-token pooling), else None.
+        end_token: Token text every sequence must end with (last-token pooling) when the tokenizer does not
+            append one itself, else None.
+        eos_token_id: ``config.json``'s EOS id, the fallback when the vocabulary lacks ``end_token``.
         padding_side: ``left`` for last-token pooling so the last column is every row's last token.
         normalize: Whether the model itself L2-normalises (reported in /info; requests choose).
         min_dimensions: Smallest Matryoshka size the model supports.
@@ -58,6 +68,7 @@ class EmbeddingRecipe:
     query_template: str = ""
     default_instruction: str | None = None
     document_prompt: str = ""
+    end_token: str | None = None
     eos_token_id: int | None = None
     padding_side: Literal["left", "right"] = "right"
     normalize: bool = True
@@ -146,6 +157,7 @@ def resolve_embedding_recipe(model_dir: Path) -> EmbeddingRecipe:
                 query_template=query_template,
                 default_instruction=default_instruction,
                 document_prompt=document_prompt,
+                end_token=LAST_TOKEN_END,
                 eos_token_id=_eos_id(config),
                 padding_side="left",
                 normalize=_has_normalize(modules),
@@ -168,6 +180,7 @@ def resolve_embedding_recipe(model_dir: Path) -> EmbeddingRecipe:
             query_template=DEFAULT_INSTRUCT_QUERY_TEMPLATE,
             default_instruction=DEFAULT_RETRIEVAL_INSTRUCTION,
             document_prompt="",
+            end_token=LAST_TOKEN_END,
             eos_token_id=_eos_id(config),
             padding_side="left",
             normalize=True,

@@ -16,15 +16,26 @@ model's name. The rules, first match wins:
    * ``qwen2_vl`` (Qwen2-VL-based yes/no rerankers): :data:`QWEN3_RERANKER_TEMPLATE`, pixels 256..1280 x 28²;
    * ``qwen3_vl`` (Qwen3-VL-Reranker): :data:`QWEN3_VL_RERANKER_TEMPLATE`, the official reranker's chat turn
      (system judge prompt; user ``<Instruct>: {instruction}<Query>:{query}\n<Document>:{doc}``; generation
-     prompt ``<|im_start|>assistant\n``; an empty side is ``NULL``), pixels 4..1280 x 32².
+     prompt ``<|im_start|>assistant\n``; an empty side is ``NULL``), pixels 4..1280 x 32²;
+   * ``qwen2_5_vl`` (Lychee-Rerank-MM, ``vec-ai/lychee-rerank-mm``): :data:`LYCHEE_RERANK_MM_TEMPLATE`, the
+     chat turn its published usage code builds and renders with the Qwen2.5-VL chat template (system judge
+     prompt; user content parts ``<Instruct>: {instruction}``, ``<Query>:``, the query's image and text,
+     ``\n<Document>:``, the document's image and text, concatenated with nothing between them; generation
+     prompt added; an empty side is nothing), images first resized by qwen-vl-utils' ``fetch_image`` (as its
+     ``process_vision_info`` call does) then by the image processor within 4..1280 x 28², max length 3200,
+     M-RoPE positions (the model's own forward), run on ``Qwen2_5_VLForConditionalGeneration``.
+
+   ``--prompt-template FILE`` replaces the template of any yes/no reranker (text or vision) with a JSON file
+   ``{"prefix", "middle", "suffix", "default_instruction"?, "empty_side"?}`` (see :func:`load_pair_template`),
+   so a model card's prompt can be matched without code.
 
    The whole prompt is tokenized at once, M-RoPE positions come from the model's ``get_rope_index``, left
    padding, and the score is ``sigmoid(logit_yes - logit_no)`` of the last position with the yes/no ids from
    the tokenizer (the official Qwen3-VL-Reranker code scores ``sigmoid((w_yes - w_no) . h)``, the same number).
    Only texts are truncated (document text first), never images. A ``qwen3_vl`` repository with a
    sentence-transformers ``Pooling`` module is an embedding model and is refused here (serve it with
-   ``mm-embed``). Another vision-language model (``config.json`` with a ``vision_config``, e.g.
-   ``qwen2_5_vl``) is refused with an error naming the supported types.
+   ``mm-embed``). Another vision-language model (``config.json`` with a ``vision_config``) is refused with an
+   error naming the supported types.
 1. **Sentence-transformers cross-encoder** (``config_sentence_transformers.json`` says
    ``"model_type": "CrossEncoder"``, or ``modules.json`` lists a ``LogitScore`` module, or ``config.json``
    carries the cross-encoder keys ``sentence_transformers`` / ``sbert_ce_default_activation_function``):
@@ -63,6 +74,7 @@ from servers.recipes.embedding import (
     read_json,
     resolve_embedding_recipe,
 )
+from servers.recipes.multimodal import QWEN_VL_FETCH_IMAGE, ImagePreResize, PositionScheme
 
 logger = logging.getLogger(__name__)
 
@@ -122,6 +134,47 @@ QWEN3_VL_RERANKER_TEMPLATE = PairTemplate(
     default_instruction="Given a search query, retrieve relevant candidates that answer the query.",
     empty_side="NULL",
 )
+#: Lychee-Rerank-MM's prompt: the published usage code's chat turn rendered by the Qwen2.5-VL chat template.
+LYCHEE_RERANK_MM_TEMPLATE = PairTemplate(
+    prefix=f"<|im_start|>system\n{_JUDGE_SYSTEM_PROMPT}<|im_end|>\n<|im_start|>user\n",
+    middle="<Instruct>: {instruction}<Query>:{query}\n<Document>:{doc}",
+    suffix="<|im_end|>\n<|im_start|>assistant\n",
+    default_instruction=DEFAULT_RETRIEVAL_INSTRUCTION,
+    empty_side="",
+)
+_TEMPLATE_FIELDS = frozenset({"prefix", "middle", "suffix", "default_instruction", "empty_side"})
+
+
+def load_pair_template(path: Path, base: PairTemplate) -> PairTemplate:
+    """A :class:`PairTemplate` from a JSON file; keys it leaves out keep ``base``'s values.
+
+    The file holds ``prefix``, ``middle`` (with the ``{instruction}``, ``{query}`` and ``{doc}`` slots, each
+    once; write literal braces as ``{{`` / ``}}``), ``suffix`` and optionally ``default_instruction`` and
+    ``empty_side``.
+
+    Raises:
+        ValueError: the file is missing, not a JSON object, has unknown keys, or ``middle`` lacks a slot.
+    """
+    import json
+    import string
+
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"--prompt-template {path}: cannot read a JSON object ({exc})") from exc
+    if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
+        raise ValueError(f"--prompt-template {path}: expected a JSON object of strings")
+    unknown = set(data) - _TEMPLATE_FIELDS
+    if unknown:
+        raise ValueError(f"--prompt-template {path}: unknown keys {sorted(unknown)} (known: {sorted(_TEMPLATE_FIELDS)})")
+    template = PairTemplate(**{**{f: getattr(base, f) for f in _TEMPLATE_FIELDS}, **data})
+    slots = [name for _, name, _, _ in string.Formatter().parse(template.middle) if name is not None]
+    if sorted(slots) != ["doc", "instruction", "query"]:
+        raise ValueError(
+            f"--prompt-template {path}: 'middle' must hold {{instruction}}, {{query}} and {{doc}} once each; "
+            f"found {slots}"
+        )
+    return template
 
 
 @dataclass(frozen=True)
@@ -134,6 +187,9 @@ class VisionRerankerSpec:
         model_class: transformers class with the LM head (its decoder runs; two head rows are kept).
         min_pixels: Default image area lower bound (``--min-pixels`` overrides).
         max_pixels: Default upper bound (``--max-pixels`` overrides).
+        positions: Decoder position ids (``--vision-positions`` overrides).
+        pre_resize: Resize applied to every image before the image processor, or None.
+        max_length: The model's published input length cap (``--max-length`` may lower it), or None.
     """
 
     name: str
@@ -141,6 +197,9 @@ class VisionRerankerSpec:
     model_class: str
     min_pixels: int
     max_pixels: int
+    positions: PositionScheme = "mrope"
+    pre_resize: ImagePreResize | None = None
+    max_length: int | None = None
 
 
 #: ``model_type`` values of vision-language models whose yes/no reranking this project implements.
@@ -149,6 +208,9 @@ VISION_RERANKERS: dict[str, VisionRerankerSpec] = {
                                    256 * 28 * 28, 1280 * 28 * 28),
     "qwen3_vl": VisionRerankerSpec("qwen3-vl-reranker", QWEN3_VL_RERANKER_TEMPLATE,
                                    "Qwen3VLForConditionalGeneration", 4 * 32 * 32, 1280 * 32 * 32),
+    "qwen2_5_vl": VisionRerankerSpec("lychee-rerank-mm", LYCHEE_RERANK_MM_TEMPLATE,
+                                     "Qwen2_5_VLForConditionalGeneration", 4 * 28 * 28, 1280 * 28 * 28,
+                                     pre_resize=QWEN_VL_FETCH_IMAGE, max_length=3200),
 }
 
 

@@ -1,13 +1,15 @@
-"""Helpers routes share: the engine of the app, and cancelling work when the client goes away."""
+"""Helpers routes share: the app's engine (typed per route family), and cancelling work when the client goes
+away."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable
-from typing import Any, TypeVar
+from typing import TypeVar, cast
 
 from fastapi import Request
 
+from servers.engine_api import Engine, MultiModalEmbedder, Reranker, TextEmbedder, TokenEmbedder
 from servers.errors import NotReadyError, ServingError
 
 T = TypeVar("T")
@@ -19,12 +21,33 @@ class ClientDisconnectedError(ServingError):
     type = "client_closed_request"
 
 
-def engine_of(request: Request) -> Any:
+def engine_of(request: Request) -> Engine:
     """The engine on ``app.state``; 503 until the model is loaded and warmed up."""
     engine = getattr(request.app.state, "engine", None)
     if engine is None or not engine.ready:
         raise NotReadyError()
-    return engine
+    return cast(Engine, engine)
+
+
+# The app mounts a router only for kinds whose engine has its methods (servers.kinds), so these casts hold.
+def text_embedder(request: Request) -> TextEmbedder:
+    """The engine of ``/embed`` (text or multimodal embedding server)."""
+    return cast(TextEmbedder, engine_of(request))
+
+
+def token_embedder(request: Request) -> TokenEmbedder:
+    """The engine of the text server's ``/v1/embeddings``."""
+    return cast(TokenEmbedder, engine_of(request))
+
+
+def multimodal_embedder(request: Request) -> MultiModalEmbedder:
+    """The engine of ``/embed_image`` and the multimodal ``/v1/embeddings``."""
+    return cast(MultiModalEmbedder, engine_of(request))
+
+
+def reranker(request: Request) -> Reranker:
+    """The engine of the rerank routes."""
+    return cast(Reranker, engine_of(request))
 
 
 async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:

@@ -4,9 +4,15 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
-from rag_plugins.protocol import EmbedRequest, OpenAIEmbeddingRequest
-from servers.responses import FastJSONResponse, native_embedding_response, openai_embedding_response
-from servers.routes.context import engine_of, unless_disconnected
+from rag_plugins.protocol import EmbedRequest, EmbedResponse, OpenAIEmbeddingRequest, OpenAIEmbeddingResponse
+from servers.responses import (
+    MODEL_ROUTE_ERRORS,
+    FastJSONResponse,
+    documented,
+    native_embedding_response,
+    openai_embedding_response,
+)
+from servers.routes.context import text_embedder, token_embedder, unless_disconnected
 
 #: ``/embed``: served by text and multimodal embedding servers alike (texts into the model's space).
 text_router = APIRouter()
@@ -14,9 +20,10 @@ text_router = APIRouter()
 router = APIRouter()
 
 
-@text_router.post("/embed")
+@text_router.post("/embed", responses=documented(EmbedResponse, MODEL_ROUTE_ERRORS, "One vector per text."))
 async def embed(body: EmbedRequest, request: Request) -> FastJSONResponse:
-    engine = engine_of(request)
+    """Embed texts as queries (with the task instruction) or documents."""
+    engine = text_embedder(request)
     result = await unless_disconnected(
         request,
         engine.embed(
@@ -31,13 +38,17 @@ async def embed(body: EmbedRequest, request: Request) -> FastJSONResponse:
     return native_embedding_response(result, engine.settings.model_name, body.encoding_format)
 
 
-@router.post("/v1/embeddings")
+@router.post(
+    "/v1/embeddings", responses=documented(OpenAIEmbeddingResponse, MODEL_ROUTE_ERRORS, "One vector per input.")
+)
 async def openai_embeddings(body: OpenAIEmbeddingRequest, request: Request) -> FastJSONResponse:
-    engine = engine_of(request)
+    """OpenAI-compatible embeddings of texts or token-id arrays."""
+    engine = token_embedder(request)
     items = body.items()
     if isinstance(items[0], str):
-        work = engine.embed(items, input_type=body.input_type, instruction=body.instruction, dimensions=body.dimensions)
+        texts = [str(t) for t in items]
+        work = engine.embed(texts, input_type=body.input_type, instruction=body.instruction, dimensions=body.dimensions)
     else:
-        work = engine.embed_token_ids(items, dimensions=body.dimensions)
+        work = engine.embed_token_ids([list(t) for t in items if isinstance(t, list)], dimensions=body.dimensions)
     result = await unless_disconnected(request, work)
     return openai_embedding_response(result, engine.settings.model_name, body.encoding_format)

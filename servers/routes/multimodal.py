@@ -7,17 +7,31 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
-from rag_plugins.protocol import EmbedImageRequest, MultiModalEmbeddingRequest
-from servers.engines.multimodal import MultiModalInput
-from servers.responses import FastJSONResponse, native_embedding_response, openai_embedding_response
-from servers.routes.context import engine_of, unless_disconnected
+from rag_plugins.protocol import (
+    EmbedImageRequest,
+    EmbedResponse,
+    MultiModalEmbeddingRequest,
+    OpenAIEmbeddingResponse,
+)
+from servers.images import MultiModalInput
+from servers.responses import (
+    MODEL_ROUTE_ERRORS,
+    FastJSONResponse,
+    documented,
+    native_embedding_response,
+    openai_embedding_response,
+)
+from servers.routes.context import multimodal_embedder, unless_disconnected
 
 router = APIRouter()
+#: Image routes may also refuse an image source (403).
+IMAGE_ROUTE_ERRORS = tuple(sorted((*MODEL_ROUTE_ERRORS, 403)))
 
 
-@router.post("/embed_image")
+@router.post("/embed_image", responses=documented(EmbedResponse, IMAGE_ROUTE_ERRORS, "One vector per image."))
 async def embed_image(body: EmbedImageRequest, request: Request) -> FastJSONResponse:
-    engine = engine_of(request)
+    """Embed images, or image+text pairs (``texts`` of the same length), into the shared space."""
+    engine = multimodal_embedder(request)
     result = await unless_disconnected(
         request,
         engine.embed_images(
@@ -28,9 +42,12 @@ async def embed_image(body: EmbedImageRequest, request: Request) -> FastJSONResp
     return native_embedding_response(result, engine.settings.model_name, body.encoding_format)
 
 
-@router.post("/v1/embeddings")
+@router.post(
+    "/v1/embeddings", responses=documented(OpenAIEmbeddingResponse, IMAGE_ROUTE_ERRORS, "One vector per input.")
+)
 async def openai_embeddings(body: MultiModalEmbeddingRequest, request: Request) -> FastJSONResponse:
-    engine = engine_of(request)
+    """OpenAI-shaped embeddings whose items may be texts, images, or both."""
+    engine = multimodal_embedder(request)
     items = [MultiModalInput(text=item.text, image=item.image) for item in body.items()]
     result = await unless_disconnected(
         request,

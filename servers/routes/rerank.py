@@ -10,13 +10,25 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from rag_plugins.protocol import CohereRerankRequest, DocInput, RerankRequest, ScoreRequest
+from rag_plugins.protocol import (
+    CohereRerankRequest,
+    CohereRerankResponse,
+    DocInput,
+    RerankRequest,
+    RerankResponse,
+    ScoreRequest,
+    ScoreResponse,
+    TeiRerankHit,
+)
+from servers.engine_api import Reranker
 from servers.errors import UnsupportedOperationError
 from servers.images import MultiModalInput
-from servers.responses import FastJSONResponse
-from servers.routes.context import engine_of, unless_disconnected
+from servers.responses import MODEL_ROUTE_ERRORS, FastJSONResponse, documented
+from servers.routes.context import reranker, unless_disconnected
 
 router = APIRouter()
+#: Rerank routes may take images (multimodal rerankers), so they may refuse an image source (403).
+RERANK_ROUTE_ERRORS = tuple(sorted((*MODEL_ROUTE_ERRORS, 403)))
 
 
 def doc_texts(documents: Sequence[str | DocInput]) -> list[str]:
@@ -42,10 +54,10 @@ def query_text(query: str | DocInput) -> str:
 
 
 def rerank_inputs(
-    engine: Any, query: str | DocInput, documents: Sequence[str | DocInput]
+    engine: Reranker, query: str | DocInput, documents: Sequence[str | DocInput]
 ) -> tuple[str | MultiModalInput, list[str | MultiModalInput]]:
     """Query and documents as the engine takes them: texts, or text/image inputs for a multimodal reranker."""
-    if not getattr(engine, "accepts_images", False):
+    if not engine.accepts_images:
         return query_text(query), list(doc_texts(documents))
 
     def item(x: str | DocInput) -> str | MultiModalInput:
@@ -58,9 +70,16 @@ def _text_of(item: str | MultiModalInput) -> str:
     return item if isinstance(item, str) else (item.text or "")
 
 
-@router.post("/rerank", response_model=None)
+@router.post(
+    "/rerank",
+    responses=documented(
+        RerankResponse | list[TeiRerankHit], RERANK_ROUTE_ERRORS,
+        "Native shape for a `docs` body; with `texts` (TEI shape) a list of {index, score} best first.",
+    ),
+)
 async def rerank(body: RerankRequest, request: Request) -> FastJSONResponse:
-    engine = engine_of(request)
+    """Score documents against a query: ``scores`` in input order, ``order``/``indices`` best first."""
+    engine = reranker(request)
     query, docs = rerank_inputs(engine, body.query, body.documents())
     result = await unless_disconnected(
         request,
@@ -75,15 +94,21 @@ async def rerank(body: RerankRequest, request: Request) -> FastJSONResponse:
             ]
         )
     usage = {"prompt_tokens": result.prompt_tokens, "total_tokens": result.prompt_tokens}
+    order = [int(i) for i in result.order]
     return FastJSONResponse(
-        {"scores": result.scores, "order": result.order, "model": engine.settings.model_name, "usage": usage}
+        {"scores": result.scores, "order": order, "indices": order, "model": engine.settings.model_name,
+         "usage": usage}
     )
 
 
-@router.post("/v1/rerank")
-@router.post("/v2/rerank")
+_COHERE = documented(CohereRerankResponse, RERANK_ROUTE_ERRORS, "Results best first.")
+
+
+@router.post("/v1/rerank", responses=_COHERE)
+@router.post("/v2/rerank", responses=_COHERE)
 async def cohere_rerank(body: CohereRerankRequest, request: Request) -> FastJSONResponse:
-    engine = engine_of(request)
+    """Cohere/Jina-compatible rerank."""
+    engine = reranker(request)
     query, docs = rerank_inputs(engine, body.query, body.documents)
     result = await unless_disconnected(
         request, engine.rerank(query, docs, instruction=body.instruction, top_n=body.top_n)
@@ -102,10 +127,14 @@ async def cohere_rerank(body: CohereRerankRequest, request: Request) -> FastJSON
     )
 
 
-@router.post("/score")
-@router.post("/v1/score")
+_SCORE = documented(ScoreResponse, MODEL_ROUTE_ERRORS, "One score per pair, pair order.")
+
+
+@router.post("/score", responses=_SCORE)
+@router.post("/v1/score", responses=_SCORE)
 async def score(body: ScoreRequest, request: Request) -> FastJSONResponse:
-    engine = engine_of(request)
+    """vLLM-compatible pair scores (one query against N documents, or N pairs)."""
+    engine = reranker(request)
     result = await unless_disconnected(request, engine.score(body.pairs(), instruction=body.instruction))
     return FastJSONResponse(
         {

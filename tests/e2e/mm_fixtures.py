@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from servers.testing.random_models import save_gme_qwen2_vl
+from testkit.random_models import save_gme_qwen2_vl
 from tests.support.serve import rag_serve
 
 #: Small pixel range so images give 4..64 tokens on the toy model (the real default is 256..1280 x 28²).

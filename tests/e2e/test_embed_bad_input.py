@@ -153,6 +153,9 @@ def test_auth_refuses_missing_or_wrong_key(auth_server: str, headers: dict[str, 
 
 def test_auth_health_is_open_and_keys_work(auth_server: str) -> None:
     assert requests.get(auth_server + "/health", timeout=TIMEOUT).status_code == 200
+    healthz = requests.get(auth_server + "/healthz", timeout=TIMEOUT)  # the alias is public too
+    assert healthz.status_code == 200
+    assert healthz.json()["status"] == "ok"
     for key in ("key-one", "key-two"):
         resp = requests.post(
             auth_server + "/embed", json={"texts": ["a"]}, headers={"Authorization": f"Bearer {key}"}, timeout=TIMEOUT
@@ -161,6 +164,7 @@ def test_auth_health_is_open_and_keys_work(auth_server: str) -> None:
     info = requests.get(auth_server + "/info", headers={"Authorization": "Bearer key-two"}, timeout=TIMEOUT)
     assert info.status_code == 200
     assert info.json()["dim"] == 64
+    assert info.json()["auth_required"] is True
 
 
 def test_auth_through_clients(auth_server: str) -> None:

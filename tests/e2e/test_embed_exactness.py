@@ -207,3 +207,27 @@ def test_truncate_false_refuses_long_text_with_token_count(qwen_short_server: st
     # A text within the limit is served with truncate=false.
     ok = requests.post(f"{qwen_short_server}/embed", json={"texts": ["fine"], "truncate": False}, timeout=30)
     assert ok.status_code == 200
+
+
+async def test_end_token_comes_from_tokenizer_then_recipe_not_config(
+    tmp_path: Path, qwen_tokenizer_dir: Path, qwen_tokenizer_plain_dir: Path
+) -> None:
+    """A checkpoint whose config names ``<|im_end|>`` (151645) as EOS still ends inputs with ``<|endoftext|>``.
+
+    Served with the official tokenizer (its post-processor appends ``<|endoftext|>``) or with a copy without
+    the post-processor, the vectors equal the model card's recipe (which runs the official tokenizer).
+    """
+    from servers.engines.embedding import EmbeddingEngine
+    from servers.settings import ServerSettings
+    from servers.testing.random_models import IM_END_ID, save_qwen3_embedding
+
+    with_pp = save_qwen3_embedding(tmp_path / "with-pp", qwen_tokenizer_dir, eos_token_id=IM_END_ID)
+    plain = save_qwen3_embedding(tmp_path / "plain", qwen_tokenizer_plain_dir, eos_token_id=IM_END_ID)
+    expected = CardRecipe(with_pp).embed([get_detailed_instruct(DEFAULT_TASK, q) for q in QUERIES] + DOCUMENTS)
+    for model_dir in (with_pp, plain):
+        engine = EmbeddingEngine.from_settings(ServerSettings(model=str(model_dir), device="cpu", warmup=False))
+        assert engine.backend.eos_token_id == 151643, model_dir.name  # type: ignore[attr-defined]
+        async with engine:
+            queries = (await engine.embed(QUERIES, input_type="query")).vectors
+            docs = (await engine.embed(DOCUMENTS, input_type="document")).vectors
+        assert max_abs_diff(np.concatenate([queries, docs]), expected) <= TOL, model_dir.name

@@ -19,7 +19,7 @@ import pytest
 import requests
 from PIL import Image
 
-from servers.testing.random_models import save_qwen2_vl_reranker
+from testkit.random_models import save_qwen2_vl_reranker
 from tests.e2e.mm_fixtures import MM_MAX_PIXELS, MM_MIN_PIXELS, png_bytes
 from tests.support.serve import rag_serve
 

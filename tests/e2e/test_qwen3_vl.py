@@ -24,7 +24,7 @@ import pytest
 import requests
 from PIL import Image
 
-from servers.testing.random_models import save_qwen3_vl_embedding, save_qwen3_vl_reranker
+from testkit.random_models import save_qwen3_vl_embedding, save_qwen3_vl_reranker
 from tests.e2e.mm_fixtures import png_bytes
 from tests.support.serve import rag_serve
 

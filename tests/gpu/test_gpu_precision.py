@@ -64,7 +64,7 @@ def test_multimodal_half_precision_close_to_fp32(
     """Images, texts and fused inputs through the mm engine in half precision on the GPU vs fp32 on the CPU."""
     from PIL import Image
 
-    from servers.testing.random_models import save_gme_qwen2_vl, save_qwen3_vl_embedding
+    from testkit.random_models import save_gme_qwen2_vl, save_qwen3_vl_embedding
 
     save = save_gme_qwen2_vl if family == "gme" else save_qwen3_vl_embedding
     model = save(tmp_path / family, qwen_tokenizer_plain_dir)
@@ -91,3 +91,33 @@ def test_multimodal_half_precision_close_to_fp32(
     cosine = np.sum(ref * half, axis=1)
     assert cosine.min() > 0.99, cosine.min()
     assert np.abs(alone - half[0]).max() < 2e-2
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_lychee_rerank_half_precision_close_to_fp32(qwen_tokenizer_plain_dir: Path, tmp_path: Path, dtype: str) -> None:
+    """Lychee-Rerank-MM (Qwen2.5-VL) raw yes/no logit differences in half precision on the GPU vs fp32 on the CPU."""
+    from PIL import Image
+
+    from servers.testing.random_models import save_lychee_rerank_mm
+
+    model = save_lychee_rerank_mm(tmp_path / "lychee", qwen_tokenizer_plain_dir)
+    rng = np.random.default_rng(2)
+    images = [Image.fromarray(rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8))
+              for w, h in ((64, 48), (333, 250), (33, 97))]
+
+    async def run(dt: str, device: str) -> np.ndarray:
+        from servers.engines.rerank import RerankEngine
+        from servers.images import MultiModalInput
+        from servers.settings import ServerSettings
+
+        engine = RerankEngine.from_settings(ServerSettings(model=str(model), kind="rerank", device=device, dtype=dt))
+        docs = [MultiModalInput(image=im) for im in images] + ["a plain text document", MultiModalInput(
+            text="fused", image=images[1])]
+        async with engine:
+            result = await engine.score([(MultiModalInput(text="which picture?", image=images[0]), d) for d in docs])
+        return np.asarray(result.raw_scores)
+
+    ref = asyncio.run(run("float32", "cpu"))
+    half = asyncio.run(run(dtype, "cuda:0"))
+    # Random weights give raw scores of order 1; half precision must stay at rounding level.
+    assert np.abs(ref - half).max() < 5e-2 * max(1.0, float(np.abs(ref).max())), (ref, half)

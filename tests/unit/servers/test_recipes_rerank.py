@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from transformers import AutoTokenizer
 
-from servers.recipes.rerank import QWEN3_RERANKER_TEMPLATE, resolve_rerank_recipe
+from servers.recipes.rerank import QWEN3_RERANKER_TEMPLATE, load_pair_template, resolve_rerank_recipe
 from tests.support.rerank_models import save_tiny_bert_cross_encoder
 
 CARD_PREFIX = (
@@ -162,7 +162,46 @@ def test_qwen3_vl_embedding_model_is_refused_by_the_rerank_server(qwen_tokenizer
 
 
 def test_other_vision_language_models_are_refused_by_type(tmp_path: Path) -> None:
-    model = _config_only(tmp_path / "q25", {"model_type": "qwen2_5_vl", "vision_config": {},
-                                            "architectures": ["Qwen2_5_VLForConditionalGeneration"]}, None)
-    with pytest.raises(ValueError, match=r"qwen2_vl, qwen3_vl.*'qwen2_5_vl'"):
+    model = _config_only(tmp_path / "llava", {"model_type": "llava", "vision_config": {},
+                                              "architectures": ["LlavaForConditionalGeneration"]}, None)
+    with pytest.raises(ValueError, match=r"qwen2_5_vl, qwen2_vl, qwen3_vl.*'llava'"):
         resolve_rerank_recipe(model)
+
+
+def test_qwen2_5_vl_yes_no_model_gets_the_lychee_recipe(qwen_tokenizer_plain_dir: Path, tmp_path: Path) -> None:
+    model = _config_only(tmp_path / "lychee", {"model_type": "qwen2_5_vl", "vision_config": {},
+                                               "architectures": ["Qwen2_5_VLForConditionalGeneration"]},
+                         qwen_tokenizer_plain_dir)
+    recipe = resolve_rerank_recipe(model)
+    assert recipe.kind == "vision-decoder"
+    assert recipe.vision is not None
+    assert recipe.template is not None
+    assert recipe.vision.model_class == "Qwen2_5_VLForConditionalGeneration"
+    assert (recipe.vision.min_pixels, recipe.vision.max_pixels, recipe.vision.max_length) == (
+        4 * 28 * 28, 1280 * 28 * 28, 3200)
+    assert recipe.vision.positions == "mrope"
+    assert recipe.vision.pre_resize is not None
+    prompt = recipe.template.prefix + recipe.template.format_middle("T", "q", "d") + recipe.template.suffix
+    assert prompt == (
+        "<|im_start|>system\nJudge whether the Document meets the requirements based on the Query and the "
+        'Instruct provided. Note that the answer can only be "yes" or "no".<|im_end|>\n<|im_start|>user\n'
+        "<Instruct>: T<Query>:q\n<Document>:d<|im_end|>\n<|im_start|>assistant\n"
+    )
+    assert recipe.template.empty_side == ""
+
+
+def test_prompt_template_file_overrides_given_keys_and_checks_slots(tmp_path: Path) -> None:
+    base = QWEN3_RERANKER_TEMPLATE
+    path = tmp_path / "t.json"
+    path.write_text(json.dumps({"middle": "Q={query} D={doc} I={instruction} {{literal}}"}))
+    template = load_pair_template(path, base)
+    assert template.prefix == base.prefix
+    assert template.suffix == base.suffix
+    assert template.format_middle("i", "q", "d") == "Q=q D=d I=i {literal}"
+    for bad in ({"middle": "{query} {doc}"}, {"middle": "{query} {doc} {instruction} {query}"},
+                {"middle": "{query} {doc} {instruction} {other}"}, {"unknown_key": "x"}, ["not", "an", "object"]):
+        path.write_text(json.dumps(bad))
+        with pytest.raises(ValueError, match="--prompt-template"):
+            load_pair_template(path, base)
+    with pytest.raises(ValueError, match="cannot read"):
+        load_pair_template(tmp_path / "missing.json", base)

@@ -7,7 +7,7 @@ from dataclasses import fields
 import pytest
 
 from servers.cli import build_parser, settings_from_args
-from servers.settings import ServerSettings, env_overrides, env_var_name, settings_from_env
+from servers.settings import SERVER_KINDS, ServerSettings, env_overrides, env_var_name, settings_from_env
 
 
 def test_env_var_names() -> None:
@@ -20,7 +20,7 @@ def test_env_values_are_parsed_to_field_types() -> None:
         "RAG_SERVE_MAX_BATCH_TOKENS": "32768",
         "RAG_SERVE_MAX_WAIT_MS": "5.5",
         "RAG_SERVE_WARMUP": "false",
-        "RAG_SERVE_TRUST_REMOTE_CODE": "yes",
+        "RAG_SERVE_ALLOW_URL_IMAGES": "yes",
         "RAG_SERVE_API_KEYS": "k1, k2",
         "RAG_SERVE_INSTRUCTION": "Find it",
         "UNRELATED": "1",
@@ -31,7 +31,7 @@ def test_env_values_are_parsed_to_field_types() -> None:
     assert isinstance(s.max_batch_tokens, int)
     assert s.max_wait_ms == 5.5
     assert s.warmup is False
-    assert s.trust_remote_code is True
+    assert s.allow_url_images is True
     assert s.api_keys == ("k1", "k2")
     assert s.instruction == "Find it"
     assert s.max_batch_size == 256  # untouched default
@@ -84,13 +84,33 @@ def test_cli_api_keys_repeatable_and_comma_separated() -> None:
     assert settings_from_args("embed", args, {}).api_keys == ("a", "b", "c")
 
 
-def test_every_setting_has_a_cli_flag() -> None:
+def test_every_setting_has_a_cli_flag_on_some_kind() -> None:
     parser = build_parser()
-    sub = parser.parse_args(["embed", "--model", "m"])
+    parsed = [parser.parse_args([kind, "--model", "m"]) for kind in SERVER_KINDS]
     for f in fields(ServerSettings):
         if f.name == "kind":
             continue
-        assert hasattr(sub, f.name), f"no CLI flag for {f.name}"
+        assert any(hasattr(sub, f.name) for sub in parsed), f"no CLI flag for {f.name}"
+
+
+@pytest.mark.parametrize(
+    ("kind", "flag"),
+    [("embed", "--image-root"), ("embed", "--max-pixels"), ("rerank", "--last-token-padding"),
+     ("mm-embed", "--last-token-padding")],
+)
+def test_a_flag_the_kind_ignores_is_refused(kind: str, flag: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        build_parser().parse_args([kind, "--model", "m", flag, "x"])
+    assert "unrecognized arguments" in capsys.readouterr().err
+
+
+def test_batching_defaults_have_one_owner() -> None:
+    from servers.scheduler import BatchLimits
+
+    limits, settings = BatchLimits(), ServerSettings(model="m")
+    for name in ("max_batch_tokens", "max_batch_size", "max_wait_ms", "max_queue_items", "retry_after_s",
+                 "bulk_workers"):
+        assert getattr(limits, name) == getattr(settings, name), name
 
 
 def test_validation_messages() -> None:

@@ -11,7 +11,7 @@ from PIL import Image
 
 from servers.engines.multimodal import MultiModalEmbeddingEngine, MultiModalInput
 from servers.settings import ServerSettings
-from servers.testing.random_models import save_gme_qwen2_vl
+from testkit.random_models import save_gme_qwen2_vl
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Random-weight Qwen3, Qwen2-VL and Qwen3-VL repositories of the real architectures, saved like their Hub repos.
+"""Random-weight Qwen3, Qwen2-VL, Qwen2.5-VL and Qwen3-VL repositories of the real architectures, saved like their Hub repos.
 
 One place builds every model the tests (``tiny``), the benchmarks (``0.6b`` / ``4b`` / ``2b``, on a GPU) and
 the notebooks use:
@@ -9,6 +9,8 @@ the notebooks use:
 * :func:`save_qwen3_reranker`: ``Qwen3ForCausalLM`` + tokenizer (the Qwen3-Reranker layout);
 * :func:`save_gme_qwen2_vl` / :func:`save_qwen2_vl_reranker`: ``Qwen2VLForConditionalGeneration`` +
   tokenizer + a PIL ``Qwen2VLImageProcessor`` config (no torchvision needed);
+* :func:`save_lychee_rerank_mm`: ``Qwen2_5_VLForConditionalGeneration`` (windowed vision tower) + tokenizer
+  + a PIL image processor config, the Lychee-Rerank-MM layout;
 * :func:`save_qwen3_vl_embedding` / :func:`save_qwen3_vl_reranker`: ``Qwen3VLForConditionalGeneration``
   (deepstack vision tower, interleaved M-RoPE) + tokenizer + the image processor config of the Qwen3-VL
   repositories (patch 16, mean/std 0.5).
@@ -24,7 +26,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from servers.testing.qwen_tokenizer import ENDOFTEXT_ID, QWEN3_VOCAB_SIZE
+from testkit.qwen_tokenizer import ENDOFTEXT_ID, QWEN3_VOCAB_SIZE
 
 IM_END_ID = 151645
 
@@ -85,6 +87,46 @@ def qwen3_config(shape: str, **overrides: Any) -> Any:
     )
     values.update(overrides)
     return Qwen3Config(**values)
+
+
+#: Qwen2.5-VL shapes (Lychee-Rerank-MM is Qwen2.5-VL-7B-Instruct); ``tiny`` for tests and smoke runs.
+QWEN2_5_VL_SHAPES: dict[str, dict[str, Any]] = {
+    "tiny": dict(
+        text=dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                  intermediate_size=128, max_position_embeddings=4096, mrope_section=[2, 3, 3]),
+        vision=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, window_size=56,
+                    fullatt_block_indexes=[1]),
+    ),
+    "7b": dict(
+        text=dict(hidden_size=3584, num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4,
+                  intermediate_size=18944, max_position_embeddings=128000, mrope_section=[16, 24, 24]),
+        vision=dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, window_size=112,
+                    fullatt_block_indexes=[7, 15, 23, 31]),
+    ),
+}
+
+
+def qwen2_5_vl_config(shape: str, *, tie_word_embeddings: bool = False, **overrides: Any) -> Any:
+    """A ``Qwen2_5_VLConfig`` with the real vocabulary size and vision/special-token ids, at the named shape."""
+    from transformers import Qwen2_5_VLConfig
+
+    spec = QWEN2_5_VL_SHAPES[shape]
+    text = dict(spec["text"])
+    mrope = text.pop("mrope_section")
+    values: dict[str, Any] = dict(
+        text_config=dict(
+            vocab_size=QWEN2_VL_VOCAB_SIZE, rms_norm_eps=1e-6, tie_word_embeddings=tie_word_embeddings,
+            rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0, "mrope_section": mrope},
+            bos_token_id=ENDOFTEXT_ID, eos_token_id=IM_END_ID, pad_token_id=ENDOFTEXT_ID, **text,
+        ),
+        vision_config=dict(out_hidden_size=text["hidden_size"], patch_size=14, spatial_merge_size=2,
+                           temporal_patch_size=2, in_channels=3, tokens_per_second=2, hidden_act="silu",
+                           **spec["vision"]),
+        image_token_id=151655, video_token_id=151656, vision_start_token_id=151652, vision_end_token_id=151653,
+        architectures=["Qwen2_5_VLForConditionalGeneration"], tie_word_embeddings=tie_word_embeddings,
+    )
+    values.update(overrides)
+    return Qwen2_5_VLConfig(**values)
 
 
 def qwen2_vl_config(shape: str, *, tie_word_embeddings: bool = True, **overrides: Any) -> Any:
@@ -180,11 +222,12 @@ def write_sentence_transformers_files(target: Path, dim: int) -> None:
 
 
 def save_qwen3_embedding(target: Path, tokenizer_dir: Path, shape: str = "tiny", *, device: str = "cpu",
-                         dtype: str = "float32", seed: int = 0) -> Path:
-    """A Qwen3-Embedding repository: random ``Qwen3Model`` weights, tokenizer, sentence-transformers files."""
+                         dtype: str = "float32", seed: int = 0, **config_overrides: Any) -> Path:
+    """A Qwen3-Embedding repository: random ``Qwen3Model`` weights, tokenizer, sentence-transformers files
+    (``config_overrides`` change ``config.json``, e.g. ``eos_token_id=151645`` as chat fine-tunes have)."""
     from transformers import Qwen3Model
 
-    config = qwen3_config(shape, dtype=dtype)
+    config = qwen3_config(shape, dtype=dtype, **config_overrides)
     model = build_random_model(Qwen3Model, config, device=device, dtype=dtype, seed=seed)
     save_repo(model, target, tokenizer_dir)
     write_sentence_transformers_files(target, int(config.hidden_size))
@@ -239,6 +282,14 @@ def save_qwen2_vl_reranker(target: Path, tokenizer_dir: Path, shape: str = "tiny
     input embeddings) and single-token ``yes`` / ``no`` in the tokenizer."""
     return _save_qwen2_vl(target, tokenizer_dir, shape, tie_word_embeddings=False, device=device, dtype=dtype,
                           seed=seed)
+
+
+def save_lychee_rerank_mm(target: Path, tokenizer_dir: Path, shape: str = "tiny", *, device: str = "cpu",
+                          dtype: str = "float32", seed: int = 2) -> Path:
+    """A Lychee-Rerank-MM repository: random ``Qwen2_5_VLForConditionalGeneration`` weights (untied LM head),
+    the tokenizer (single-token ``yes`` / ``no``) and the Qwen2.5-VL image processor config (patch 14)."""
+    return _save_vision_language(target, tokenizer_dir, "Qwen2_5_VLForConditionalGeneration",
+                                 qwen2_5_vl_config(shape), device=device, dtype=dtype, seed=seed)
 
 
 def _save_qwen3_vl(target: Path, tokenizer_dir: Path, shape: str, *, tie_word_embeddings: bool, device: str,
