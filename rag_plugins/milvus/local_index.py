@@ -23,12 +23,18 @@ the 2-core benchmark box), so past a few hundred thousand rows per field use a M
 
 from __future__ import annotations
 
+import json
+import shutil
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from rag_plugins.milvus.settings import AnnSettings
 
 _GROW = 1024
 
@@ -102,22 +108,27 @@ class _Coalescer:
 
 
 class FieldVectors:
-    """Exact in-memory vectors of one field, keyed by primary key.
+    """In-memory vectors of one field, keyed by primary key: exact search, or IVF + exact re-scoring.
 
     Args:
         dim: Vector size.
         metric: ``COSINE`` (vectors and queries are L2-normalized, score = cosine) or ``IP`` (raw dot).
+        ann: When to use the IVF index (:class:`AnnSettings`; None = the defaults).
     """
 
-    def __init__(self, dim: int, metric: str) -> None:
+    def __init__(self, dim: int, metric: str, ann: AnnSettings | None = None) -> None:
         self.dim = dim
         self.metric = metric
+        self.ann_settings = ann or AnnSettings()
         self._mat = np.zeros((_GROW, dim), np.float32)
         self._alive = np.zeros(_GROW, bool)
         self._keys: list[str] = []
         self._pos: dict[str, int] = {}
         self._lock = threading.RLock()
         self._coalescer = _Coalescer(self._run_batch)
+        self._ann: Any = None
+        self._ann_trained_rows = 0
+        self.ann_build_s = 0.0
 
     def __len__(self) -> int:
         return len(self._pos)
@@ -127,9 +138,22 @@ class FieldVectors:
         """Row position -> key (dead rows keep their old key)."""
         return self._keys
 
+    @property
+    def uses_ann(self) -> bool:
+        """Whether searches currently go through the IVF index."""
+        return self._ann is not None
+
     def position(self, key: str) -> int | None:
         """The row of ``key`` (None when absent)."""
         return self._pos.get(key)
+
+    def vector(self, pos: int) -> np.ndarray:
+        """The stored (dim,) vector at row ``pos`` (normalized for COSINE)."""
+        return self._mat[pos].copy()
+
+    def normalized(self, vector: Sequence[float] | np.ndarray) -> np.ndarray:
+        """``vector`` as stored: (dim,) float32, L2-normalized for COSINE."""
+        return self._prepare(np.asarray(vector))[0]
 
     def _prepare(self, vectors: np.ndarray) -> np.ndarray:
         x = np.asarray(vectors, np.float32).reshape(-1, self.dim)
@@ -151,22 +175,37 @@ class FieldVectors:
                 alive = np.zeros(cap, bool)
                 alive[: len(self._keys)] = self._alive[: len(self._keys)]
                 self._mat, self._alive = mat, alive
-            for key, row in zip(keys, x, strict=True):
+            old: list[int] = []
+            positions = np.empty(len(keys), np.int64)
+            for j, key in enumerate(keys):
                 pos = self._pos.get(key)
                 if pos is None:
                     pos = len(self._keys)
                     self._keys.append(key)
                     self._pos[key] = pos
-                self._mat[pos] = row
-                self._alive[pos] = True
+                else:
+                    old.append(pos)
+                positions[j] = pos
+            self._mat[positions] = x
+            self._alive[positions] = True
+            if self._ann is not None:
+                if old:
+                    self._ann.remove_ids(np.unique(np.asarray(old, np.int64)))
+                last = {int(p): j for j, p in enumerate(positions)}  # a key given twice: its last vector
+                pos_arr = np.fromiter(last, np.int64, len(last))
+                self._ann.add_with_ids(self._mat[pos_arr], pos_arr)
 
     def remove(self, keys: Sequence[str]) -> None:
         """Drop rows (absent keys are ignored); compacts when over half the rows are dead."""
         with self._lock:
+            gone = []
             for key in keys:
                 pos = self._pos.pop(key, None)
                 if pos is not None:
                     self._alive[pos] = False
+                    gone.append(pos)
+            if gone and self._ann is not None:
+                self._ann.remove_ids(np.asarray(gone, np.int64))
             if len(self._keys) > _GROW and len(self._pos) < len(self._keys) // 2:
                 self._compact()
 
@@ -180,6 +219,58 @@ class FieldVectors:
         alive = np.zeros(mat.shape[0], bool)
         alive[: len(live)] = True
         self._mat, self._alive = mat, alive
+        self._ann = None  # positions moved: rebuilt on the next search
+
+    # ------------------------------------------------------------------------------------------ IVF index
+    def build_index(self) -> bool:
+        """Train and fill the IVF index now when the field has ``ann.threshold`` rows or more.
+
+        Searches call this lazily; call it yourself to pay the build at ingestion time.
+
+        Returns:
+            Whether an index is in use afterwards.
+        """
+        with self._lock:
+            cfg = self.ann_settings
+            live = len(self._pos)
+            if cfg.threshold <= 0 or live < cfg.threshold:
+                self._ann = None
+                return False
+            if self._ann is not None and live <= cfg.retrain_growth * self._ann_trained_rows:
+                return True
+            import faiss
+
+            t0 = time.perf_counter()
+            n = len(self._keys)
+            positions = np.flatnonzero(self._alive[:n]).astype(np.int64)
+            nlist = cfg.nlist(live)
+            quantizer = faiss.IndexFlatIP(self.dim)
+            index = faiss.IndexIVFScalarQuantizer(quantizer, self.dim, nlist, faiss.ScalarQuantizer.QT_fp16,
+                                                  faiss.METRIC_INNER_PRODUCT)
+            index.cp.niter = cfg.niter
+            index.cp.max_points_per_centroid = cfg.train_per_list
+            index.cp.min_points_per_centroid = 1  # small samples are intended: no FAISS warning
+            rng = np.random.default_rng(0)
+            sample = positions if live <= cfg.train_per_list * nlist else np.sort(
+                rng.choice(positions, cfg.train_per_list * nlist, replace=False))
+            index.train(np.ascontiguousarray(self._mat[sample]))
+            for start in range(0, positions.shape[0], 65_536):
+                chunk = positions[start : start + 65_536]
+                index.add_with_ids(self._mat[chunk], chunk)
+            index.nprobe = min(cfg.nprobe, nlist)
+            self._ann, self._ann_trained_rows = index, live
+            self.ann_build_s = time.perf_counter() - t0
+            return True
+
+    def set_index(self, index: Any, trained_rows: int) -> None:
+        """Use a saved IVF index (see :func:`save_mirror`); it must hold exactly the live positions."""
+        with self._lock:
+            self._ann, self._ann_trained_rows = index, trained_rows
+
+    @property
+    def index(self) -> Any:
+        """The FAISS index in use (None when searches are exact)."""
+        return self._ann
 
     def mask_of(self, keys: set[str]) -> np.ndarray:
         """Bool (rows,) that is True at the rows of ``keys``."""
@@ -190,7 +281,7 @@ class FieldVectors:
             return mask
 
     def search(self, query: np.ndarray, limit: int, allowed: np.ndarray | None = None) -> list[tuple[str, float]]:
-        """Exact top-``limit`` (key, score), best first, ties by key.
+        """Top-``limit`` (key, score), best first, ties by key (exact scores; exact ranking below the threshold).
 
         Args:
             query: (dim,) query vector.
@@ -212,11 +303,44 @@ class FieldVectors:
                 for s in batch:
                     s.result = (np.zeros(0, np.int64), np.zeros(0, np.float32))
                 return
+            if self.build_index():
+                self._run_ann(batch, mat, alive)
+                return
             queries = np.stack([s.query for s in batch])
             scores = queries @ mat.T  # (nq, n): one pass over the matrix for the whole batch
             for row, slot in zip(scores, batch, strict=True):
                 valid = alive if slot.allowed is None else alive & _fit(slot.allowed, n)
                 slot.result = _top(row, valid, slot.limit)
+
+    def _run_ann(self, batch: list[_Slot], mat: np.ndarray, alive: np.ndarray) -> None:
+        """IVF candidates for the whole batch in one FAISS call, then exact re-scoring per query."""
+        cfg = self.ann_settings
+        plain = [s for s in batch if s.allowed is None]
+        if plain:
+            k = max(int(np.ceil(cfg.overfetch * s.limit)) for s in plain)
+            _, found = self._ann.search(np.stack([s.query for s in plain]), k)
+            for slot, cand in zip(plain, found, strict=True):
+                cand = cand[cand >= 0]
+                slot.result = _top(mat[cand] @ slot.query, alive[cand], slot.limit, cand)
+        for slot in batch:
+            if slot.allowed is None:
+                continue
+            valid = alive & _fit(slot.allowed, mat.shape[0])
+            rows = np.flatnonzero(valid)
+            if rows.shape[0] > cfg.threshold:  # a broad filter: IVF restricted to the allowed rows
+                import faiss
+
+                bits = np.packbits(valid, bitorder="little")
+                selector = faiss.IDSelectorBitmap(valid.shape[0], faiss.swig_ptr(bits))
+                params = faiss.SearchParametersIVF()
+                params.sel, params.nprobe = selector, self._ann.nprobe
+                _, found = self._ann.search(slot.query[None, :], int(np.ceil(cfg.overfetch * slot.limit)),
+                                            params=params)
+                cand = found[0][found[0] >= 0]
+                if cand.shape[0] >= min(slot.limit, rows.shape[0]):
+                    slot.result = _top(mat[cand] @ slot.query, valid[cand], slot.limit, cand)
+                    continue
+            slot.result = _top(mat[rows] @ slot.query, np.ones(rows.shape[0], bool), slot.limit, rows)
 
 
 def _fit(mask: np.ndarray, n: int) -> np.ndarray:
@@ -225,8 +349,16 @@ def _fit(mask: np.ndarray, n: int) -> np.ndarray:
     return np.concatenate([mask, np.zeros(n - mask.shape[0], bool)])
 
 
-def _top(scores: np.ndarray, valid: np.ndarray, limit: int) -> tuple[np.ndarray, np.ndarray]:
-    """Indices and scores of the ``limit`` best valid entries (the boundary ties all kept, then cut by key)."""
+def _top(scores: np.ndarray, valid: np.ndarray, limit: int,
+         rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Indices and scores of the ``limit`` best valid entries (the boundary ties all kept, then cut by key).
+
+    Args:
+        scores: (m,) scores.
+        valid: (m,) bool; False entries are skipped.
+        limit: Entries wanted.
+        rows: Optional (m,) row positions of the entries (returned instead of entry indices).
+    """
     if not valid.all():
         candidates = np.flatnonzero(valid)
         scores = scores[candidates]
@@ -241,7 +373,7 @@ def _top(scores: np.ndarray, valid: np.ndarray, limit: int) -> tuple[np.ndarray,
     else:
         part = np.arange(scores.shape[0])
     idx = part if candidates is None else candidates[part]
-    return idx, scores[part]
+    return (idx if rows is None else rows[idx]), scores[part]
 
 
 class LocalMirror:
@@ -250,12 +382,15 @@ class LocalMirror:
     Args:
         dims: ``{field: dim}`` of the vector fields.
         metrics: ``{field: "COSINE" | "IP"}``.
+        ann: When fields switch to the IVF index (None = :class:`AnnSettings` defaults).
     """
 
-    def __init__(self, dims: dict[str, int], metrics: dict[str, str]) -> None:
-        self.fields = {f: FieldVectors(dims[f], metrics[f]) for f in dims}
+    def __init__(self, dims: dict[str, int], metrics: dict[str, str], ann: AnnSettings | None = None) -> None:
+        self.fields = {f: FieldVectors(dims[f], metrics[f], ann) for f in dims}
         self.rows: dict[str, dict[str, Any]] = {}
         self.version = 0
+        #: True while the side files written by :meth:`save` match this copy.
+        self.persisted = False
         self._lock = threading.RLock()
         self._filter_cache: dict[tuple[str, str, int], np.ndarray] = {}
 
@@ -306,8 +441,94 @@ class LocalMirror:
         return mask
 
     def memory_bytes(self) -> int:
-        """Bytes held by the vector matrices."""
-        return sum(v._mat.nbytes for v in self.fields.values())
+        """Bytes held by the vector matrices and the IVF indexes (fp16 codes + ids)."""
+        total = 0
+        for v in self.fields.values():
+            total += v._mat.nbytes
+            if v.index is not None:
+                total += v.index.ntotal * (v.index.code_size + 8)
+        return total
+
+    def build_indexes(self) -> dict[str, float]:
+        """Build the IVF index of every field that has enough rows; ``{field: seconds}`` (0 when exact)."""
+        out = {}
+        for name, vectors in self.fields.items():
+            t = time.perf_counter()
+            vectors.build_index()
+            out[name] = time.perf_counter() - t
+        return out
+
+    # ----------------------------------------------------------------------------------------- side files
+    def save(self, folder: Path, count: int) -> None:
+        """Write the copy under ``folder``: per field ``.npy`` rows + alive mask + keys (+ IVF index), scalars.
+
+        Args:
+            folder: Target directory (created; replaced atomically via a temporary sibling).
+            count: Rows of the collection now (checked by :meth:`load`).
+        """
+        import faiss
+
+        folder = Path(folder)
+        tmp = folder.with_name(folder.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        with self._lock:
+            manifest: dict[str, Any] = {"format": 1, "count": count, "rows": len(self.rows), "fields": {}}
+            for name, v in self.fields.items():
+                with v._lock:
+                    n = len(v._keys)
+                    np.save(tmp / f"{name}.npy", v._mat[:n])
+                    np.save(tmp / f"{name}.alive.npy", v._alive[:n])
+                    (tmp / f"{name}.keys.json").write_text(json.dumps(v._keys))
+                    if v.index is not None:
+                        faiss.write_index(v.index, str(tmp / f"{name}.ivf"))
+                    manifest["fields"][name] = {"dim": v.dim, "metric": v.metric, "positions": n,
+                                                "live": len(v), "trained_rows": v._ann_trained_rows,
+                                                "index": v.index is not None}
+            with (tmp / "rows.jsonl").open("w", encoding="utf-8") as fh:
+                for key, row in self.rows.items():
+                    fh.write(json.dumps([key, row], ensure_ascii=False) + "\n")
+            (tmp / "manifest.json").write_text(json.dumps(manifest))
+        shutil.rmtree(folder, ignore_errors=True)
+        tmp.rename(folder)
+
+    def load(self, folder: Path, count: int) -> bool:
+        """Fill this (empty) copy from :meth:`save` files when they match ``count`` rows and this schema.
+
+        Returns:
+            Whether the files were used (False: missing, stale or of another schema; nothing loaded).
+        """
+        import faiss
+
+        folder = Path(folder)
+        try:
+            manifest = json.loads((folder / "manifest.json").read_text())
+        except (OSError, ValueError):
+            return False
+        fields = manifest.get("fields", {})
+        if manifest.get("format") != 1 or manifest.get("count") != count or manifest.get("rows") != count:
+            return False
+        if set(fields) != set(self.fields) or any(
+            fields[f]["dim"] != v.dim or fields[f]["metric"] != v.metric for f, v in self.fields.items()
+        ):
+            return False
+        with self._lock:
+            for name, v in self.fields.items():
+                meta = fields[name]
+                mat = np.load(folder / f"{name}.npy")
+                alive = np.load(folder / f"{name}.alive.npy")
+                keys = json.loads((folder / f"{name}.keys.json").read_text())
+                with v._lock:
+                    v._mat, v._alive, v._keys = mat, alive, keys
+                    v._pos = {k: i for i, k in enumerate(keys) if alive[i]}
+                    v._ann = faiss.read_index(str(folder / f"{name}.ivf")) if meta["index"] else None
+                    v._ann_trained_rows = int(meta["trained_rows"])
+            with (folder / "rows.jsonl").open(encoding="utf-8") as fh:
+                for line in fh:
+                    key, row = json.loads(line)
+                    self.rows[key] = row
+            self._changed()
+        return True
 
 
 _REGISTRY: dict[tuple[str, str, str], LocalMirror] = {}

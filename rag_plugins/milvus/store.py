@@ -14,8 +14,10 @@ searchable through its other field.
 from __future__ import annotations
 
 import asyncio
+import shutil
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -115,8 +117,6 @@ class MultiVectorMilvusStore:
     def _local_key(self) -> tuple[str, str, str]:
         uri = self.settings.uri
         if is_embedded_uri(uri):
-            from pathlib import Path
-
             uri = str(Path(uri).resolve())
         return (uri, self.settings.db_name, self.collection_name)
 
@@ -125,9 +125,63 @@ class MultiVectorMilvusStore:
         assert self.image_dim is not None
         dims = {TEXT_FIELD: self.text_dim, IMAGE_FIELD: self.image_dim}
         metrics: dict[str, str] = {f: self.index_settings(f).metric for f in VECTOR_FIELDS}
-        self.local, created = shared_mirror(self._local_key(), lambda: LocalMirror(dims, metrics))
-        if created:
+        ann = self.settings.local_ann
+        self.local, created = shared_mirror(self._local_key(), lambda: LocalMirror(dims, metrics, ann))
+        if created and not self._load_side_files(self.local):
             self._load_local(self.local)
+
+    def local_index_dir(self) -> Path | None:
+        """Where the in-process copy is saved (next to an embedded DB file), or None (server URI / off)."""
+        if not (self.settings.local_persist and is_embedded_uri(self.settings.uri)):
+            return None
+        db = Path(self.settings.uri).resolve()
+        return db.with_name(db.name + ".local") / (self.settings.db_name or "default") / self.collection_name
+
+    def _load_side_files(self, mirror: LocalMirror, sample: int = 16) -> bool:
+        """Load the saved copy when it matches the collection's row count and a sample of its vectors."""
+        folder = self.local_index_dir()
+        if folder is None or not (folder / "manifest.json").exists():
+            return False
+        if not mirror.load(folder, self.count()):
+            return False
+        keys = sorted(mirror.rows)
+        picks = [keys[i] for i in np.random.default_rng().choice(len(keys), min(sample, len(keys)), replace=False)]
+        fresh = {str(r["id"]): r for r in self.client.get(self.collection_name, ids=picks,
+                                                           output_fields=["id", *VECTOR_FIELDS, *HAS_FLAG.values()])}
+        for key in picks:
+            row = fresh.get(key)
+            for field, vectors in mirror.fields.items():
+                pos = vectors.position(key)
+                if row is None or (pos is None) == bool(row[HAS_FLAG[field]]) or (
+                    pos is not None and not np.allclose(vectors.vector(pos), vectors.normalized(row[field]),
+                                                        atol=1e-6)):
+                    mirror.clear()
+                    return False
+        mirror.persisted = True
+        return True
+
+    def save_local_index(self) -> Path | None:
+        """Write the in-process copy next to the DB file now (also done by :meth:`close`); its folder or None."""
+        folder = self.local_index_dir()
+        if self.local is None or folder is None or not self.exists():
+            return None
+        self.local.build_indexes()
+        self.local.save(folder, self.count())
+        self.local.persisted = True
+        return folder
+
+    def build_local_index(self) -> dict[str, float]:
+        """Build the in-process IVF indexes now (else the first search does); ``{field: seconds}``."""
+        return {} if self.local is None else self.local.build_indexes()
+
+    def _local_written(self) -> None:
+        """A write is about to change the collection: saved side files no longer match it."""
+        assert self.local is not None
+        if self.local.persisted:
+            folder = self.local_index_dir()
+            if folder is not None:
+                (folder / "manifest.json").unlink(missing_ok=True)
+            self.local.persisted = False
 
     def _load_local(self, mirror: LocalMirror, batch_size: int = 1000) -> None:
         """Fill ``mirror`` with every row of the collection (a progress bar when there are many)."""
@@ -234,13 +288,18 @@ class MultiVectorMilvusStore:
     def drop(self) -> None:
         """Drop the collection (all rows)."""
         self.client.drop_collection(self.collection_name)
+        folder = self.local_index_dir()
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
         if self.local is not None:
             self.local.clear()
             forget_mirror(self._local_key())
             self.local = None
 
     def close(self) -> None:
-        """Close the Milvus connection."""
+        """Save the in-process copy when it changed (embedded URIs, ``local_persist``); close the connection."""
+        if self.local is not None and not self.local.persisted:
+            self.save_local_index()
         self.client.close()
 
     # ------------------------------------------------------------------------------------------ ingestion
@@ -289,6 +348,8 @@ class MultiVectorMilvusStore:
                 raise ValueError(f"item {item.key} has neither a text_vec nor an image_vec")
             rows[item.key] = self._row(item, tv, iv)
         if rows:
+            if self.local is not None:
+                self._local_written()
             self.client.upsert(self.collection_name, list(rows.values()))
             if self.local is not None:
                 self.local.upsert(list(rows.values()), HAS_FLAG, SCALAR_FIELDS)
@@ -395,6 +456,8 @@ class MultiVectorMilvusStore:
         """Delete rows by primary key."""
         self.require_collection()
         if ids:
+            if self.local is not None:
+                self._local_written()
             self.client.delete(self.collection_name, ids=list(ids))
             if self.local is not None:
                 self.local.remove([str(i) for i in ids])
@@ -406,6 +469,8 @@ class MultiVectorMilvusStore:
         if not expr:
             raise ValueError("delete_where needs a filter; use drop() to remove every row")
         keys = self._matching_keys(expr) if self.local is not None else []
+        if self.local is not None:
+            self._local_written()
         self.client.delete(self.collection_name, filter=expr)
         if self.local is not None:
             self.local.remove(list(keys))
@@ -444,7 +509,8 @@ class MultiVectorMilvusStore:
             image_limit: Candidates from ``image_vec`` (default ``top_k``).
             filters: Scalar filter applied to both fields.
         """
-        self.require_collection()
+        if self.local is None:
+            self.require_collection()  # the local copy is emptied and detached by drop(): no round trip
         fusion = fusion or Fusion()
         user_expr = to_expr(filters)
         if self.local is not None:
@@ -511,7 +577,8 @@ class MultiVectorMilvusStore:
             DimensionMismatchError: the vector's dim differs from the field's.
             CollectionNotFoundError: the collection is gone.
         """
-        self.require_collection()
+        if self.local is None:
+            self.require_collection()
         query = self.check_vector(field, vector)
         if top_k < 1:
             raise ValueError("top_k must be >= 1")
