@@ -24,7 +24,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from rag_plugins.http import run_sync
-from rag_plugins.milvus._pymilvus import import_pymilvus
+from rag_plugins.milvus._pymilvus import import_pymilvus, milvus_lite_major
 from rag_plugins.milvus.embedders import ImageSpaceEmbedder, TextEmbedder, embedder_dim
 from rag_plugins.milvus.errors import CollectionNotFoundError, DimensionMismatchError
 from rag_plugins.milvus.filters import Filter, and_exprs, literal, to_expr
@@ -97,6 +97,10 @@ class MultiVectorMilvusStore:
             uri=self.settings.uri, token=self.settings.token, db_name=self.settings.db_name
         )
         self.collection_name = self.settings.collection_name
+        # milvus-lite >= 3 (embedded): upsert = a point read per key + insert. Keys the local copy has never
+        # seen are written with insert (no reads); known keys keep upsert (an insert would duplicate a key
+        # that already sits in a flushed segment). Servers and milvus-lite 2.x always upsert.
+        self._insert_new = is_embedded_uri(self.settings.uri) and milvus_lite_major() >= 3
         self.text_dim = self._configured_dim(TEXT_FIELD, self.settings.text_dim, text_embedder)
         self.image_dim = self._configured_dim(IMAGE_FIELD, self.settings.image_dim, image_embedder)
         if self.exists():
@@ -350,10 +354,23 @@ class MultiVectorMilvusStore:
         if rows:
             if self.local is not None:
                 self._local_written()
-            self.client.upsert(self.collection_name, list(rows.values()))
+            self._write_rows(list(rows.values()))
             if self.local is not None:
                 self.local.upsert(list(rows.values()), HAS_FLAG, SCALAR_FIELDS)
         return [item.key for item in items]
+
+    def _write_rows(self, rows: list[dict[str, Any]]) -> None:
+        """Write whole rows: insert the keys the local copy does not hold (embedded milvus-lite 3), else upsert."""
+        if self.local is None or not self._insert_new:
+            self.client.upsert(self.collection_name, rows)
+            return
+        known = self.local.rows
+        fresh = [r for r in rows if r["id"] not in known]
+        seen = [r for r in rows if r["id"] in known]
+        if fresh:
+            self.client.insert(self.collection_name, fresh)
+        if seen:
+            self.client.upsert(self.collection_name, seen)
 
     async def aembed_items(self, items: Sequence[StoreItem]) -> tuple[list[Any], list[Any]]:
         """``text_vec`` and ``image_vec`` (or None) per item; the text and image-space calls run concurrently."""

@@ -150,3 +150,18 @@ def test_reopen_reads_side_files_and_rejects_stale_ones(tmp_path: Path, monkeypa
     assert before[1][0] not in third.local.rows
     assert len(third.local.rows) == 1198
     third.close()
+
+
+def test_embedded_rewrite_replaces_rows_across_flushes(tmp_path: Path) -> None:
+    """On milvus-lite 3 the store writes with insert (no per-key read); a rewritten key must still replace."""
+    store, tv, iv = _fill(tmp_path, 40)
+    store.client.flush(store.collection_name)  # the old versions now live in a sealed segment
+    items = [StoreItem(text=f"new {i}", doc_id=f"d{i % 5}", chunk_id=str(i), meta={"i": i}) for i in range(10)]
+    store.upsert_vectors(items, list(-tv[:10]), [None] * 10)  # new text vectors, image vectors dropped
+    store.client.flush(store.collection_name)
+    twin = MultiVectorMilvusStore(settings=make_settings(tmp_path, local_search=False), client=store.client)
+    assert store.count() == 40
+    assert store.count("text like 'new%'") == 10
+    assert twin.search_field("text_vec", -tv[3], top_k=1)[0].id == items[3].key
+    assert items[3].key not in {h.id for h in twin.search_field("image_vec", iv[3], top_k=40)}
+    store.close()
