@@ -211,12 +211,16 @@ def open_store(uri: str, name: str, index: FieldIndexSettings, text_dim: int, im
 
 def ingest(store: MultiVectorMilvusStore, data: Dataset, batch: int) -> dict[str, float]:
     """Upsert all rows in batches; flush. Returns seconds for the upserts and for the flush."""
+    from tqdm.auto import tqdm
+
     t0 = time.perf_counter()
-    for start in range(0, data.n, batch):
-        stop = min(start + batch, data.n)
-        items = [StoreItem(text=f"row {i}", id=row_id(i), doc_id=f"d{i // 100}", chunk_id=str(i))
-                 for i in range(start, stop)]
-        store.upsert_vectors(items, list(data.text[start:stop]), list(data.image[start:stop]))
+    with tqdm(total=data.n, desc=f"ingest {store.collection_name}", unit="row", mininterval=5.0) as bar:
+        for start in range(0, data.n, batch):
+            stop = min(start + batch, data.n)
+            items = [StoreItem(text=f"row {i}", id=row_id(i), doc_id=f"d{i // 100}", chunk_id=str(i))
+                     for i in range(start, stop)]
+            store.upsert_vectors(items, list(data.text[start:stop]), list(data.image[start:stop]))
+            bar.update(stop - start)
     t1 = time.perf_counter()
     store.client.flush(store.collection_name)
     t2 = time.perf_counter()
@@ -481,6 +485,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def _max_rss_mib() -> float:
+    """Peak resident memory of this process (data + Milvus Lite + the local copy), MiB."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     targets = [t.strip() for t in args.targets.split(",") if t.strip()]
@@ -502,6 +513,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "env": {"python": platform.python_version(), "machine": platform.machine(), "cpus": os.cpu_count(),
                 "pymilvus": pymilvus.__version__, "milvus_lite": getattr(milvus_lite, "__version__", "?")},
         "notes": notes,
+        "max_rss_mib": _max_rss_mib(),
         "results": [asdict(r) for r in results],
     }
     table = markdown_table(results)
@@ -525,7 +537,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             f"ef={cfg['ef']} vs FLAT (exact). Fused query: RRF k={cfg['rrf_k']} over both fields, "
             f"{cfg['candidates']} candidates per field, top {cfg['top_k']}; {cfg['queries']} queries "
             f"(stored rows + noise {cfg['query_noise']}). Ingest = `upsert_vectors` in batches of "
-            f"{cfg['batch']} (flush timed separately). {report['env']['cpus']} CPUs, "
+            f"{cfg['batch']} (flush timed separately). Peak RSS of the benchmark process "
+            f"{report['max_rss_mib']:,.0f} MiB. {report['env']['cpus']} CPUs, "
             f"pymilvus {report['env']['pymilvus']}, milvus-lite {report['env']['milvus_lite']}.", "",
             table, "", *notes,
         ]

@@ -79,11 +79,11 @@ class AnnSettings:
     """
 
     threshold: int = 20_000
-    nlist_per_sqrt_n: float = 4.0
-    nprobe: int = 32
+    nlist_per_sqrt_n: float = 2.0
+    nprobe: int = 20
     overfetch: float = 2.0
-    train_per_list: int = 20
-    niter: int = 10
+    train_per_list: int = 16
+    niter: int = 8
     retrain_growth: float = 4.0
 
     def nlist(self, n: int) -> int:
