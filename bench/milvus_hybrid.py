@@ -10,6 +10,8 @@ real near neighbours; ``--query-noise 0`` is not allowed (the row itself would a
 Targets (``--targets``):
 - ``file``: ``uri=<tmp>/bench.db`` (milvus-lite 3.x opens a file URI by running its gRPC server in a thread of
   the client process);
+- ``memory``: the store's in-process copy alone (``LocalMirror``: exact / IVF per field, fused like the
+  store), no Milvus: how the search path scales past what Milvus Lite ingests in reasonable time;
 - ``grpc``: a separate ``python -m milvus_lite server --data-dir <tmp> --host 127.0.0.1 --port P`` process
   (the Milvus Lite gRPC server shipped by milvus-lite >= 3; ``uri=http://127.0.0.1:P``).
 
@@ -46,7 +48,7 @@ from rag_plugins.milvus.settings import FieldIndexSettings, MilvusStoreSettings
 from rag_plugins.milvus.store import MultiVectorMilvusStore
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-TARGETS = ("file", "grpc")
+TARGETS = ("file", "grpc", "memory")
 
 
 # ------------------------------------------------------------------------------------------------ data
@@ -317,6 +319,73 @@ class TargetResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def bench_memory(data: Dataset, args: argparse.Namespace) -> TargetResult:
+    """The in-process copy alone: append rows, build the IVF indexes, time fused queries, recall vs exact."""
+    import threading
+
+    from tqdm.auto import tqdm
+
+    from rag_plugins.milvus.local_index import LocalMirror
+
+    fusion = Fusion("rrf", rrf_k=args.rrf_k)
+    dims = {"text_vec": data.text.shape[1], "image_vec": data.image.shape[1]}
+    mirror = LocalMirror(dims, {f: "COSINE" for f in dims})
+    flags = {"text_vec": "has_text_vec", "image_vec": "has_image_vec"}
+    t0 = time.perf_counter()
+    with tqdm(total=data.n, desc="memory copy", unit="row", mininterval=5.0) as bar:
+        for start in range(0, data.n, args.batch):
+            stop = min(start + args.batch, data.n)
+            rows = [{"id": row_id(i), "text_vec": data.text[i], "image_vec": data.image[i], "has_text_vec": True,
+                     "has_image_vec": True, "doc_id": f"d{i // 100}"} for i in range(start, stop)]
+            mirror.upsert(rows, flags, ["doc_id"])
+            bar.update(stop - start)
+    append_s = time.perf_counter() - t0
+    build = mirror.build_indexes()
+
+    def query(j: int) -> list[str]:
+        per_field = {f: mirror.fields[f].search(q, args.candidates)[: args.candidates]
+                     for f, q in (("text_vec", data.query_text[j]), ("image_vec", data.query_image[j]))}
+        return [k for k, _ in fusion.fuse(per_field, args.top_k)]
+
+    query(0)
+    found, secs = [], []
+    for j in range(len(data.query_text)):
+        t = time.perf_counter()
+        found.append(query(j))
+        secs.append(time.perf_counter() - t)
+    stop_at = time.perf_counter() + args.qps_seconds
+    counts = [0] * max(args.clients, 1)
+
+    def worker(c: int) -> None:
+        i = c
+        while time.perf_counter() < stop_at:
+            query(i % len(data.query_text))
+            counts[c] += 1
+            i += len(counts)
+
+    t1 = time.perf_counter()
+    threads = [threading.Thread(target=worker, args=(c,)) for c in range(len(counts))]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    qps = sum(counts) / (time.perf_counter() - t1)
+    truth = exact_rrf(data, args.top_k, args.candidates, args.rrf_k)
+    nan = float("nan")
+    result = TargetResult(
+        target="memory", n=data.n, hnsw_ingest_rows_s=nan, hnsw_flush_s=nan, flat_ingest_rows_s=nan, flat_flush_s=nan,
+        hnsw_p50_ms=nan, hnsw_p95_ms=nan, flat_p50_ms=nan, flat_p95_ms=nan, recall_at_k_hnsw_vs_flat=nan,
+        flat_equals_numpy_rrf=nan, rows_counted=len(mirror.rows), local_index_build_s=sum(build.values()),
+        ingest_incl_index_rows_s=data.n / (append_s + sum(build.values())), local_p50_ms=pct(secs, 50),
+        local_p95_ms=pct(secs, 95), local_qps=qps, local_recall_vs_exact=recall_at_k(found, truth, args.top_k),
+        local_mem_mb=mirror.memory_bytes() / 2**20, extra={"append_rows_s": data.n / append_s, "build_s": build},
+    )
+    log(f"[memory] append {data.n / append_s:.0f} rows/s, build {build}, p50 {result.local_p50_ms:.1f} ms, "
+        f"p95 {result.local_p95_ms:.1f} ms, {len(counts)} clients {qps:.1f} q/s, "
+        f"recall {result.local_recall_vs_exact:.3f}")
+    return result
+
+
 def bench_target(target: str, data: Dataset, args: argparse.Namespace) -> TargetResult:
     """Ingest into the ``--collections`` (HNSW and/or FLAT); query Milvus (optional) and the local path."""
     fusion = Fusion("rrf", rrf_k=args.rrf_k)
@@ -468,7 +537,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ef-construction", type=int, default=200)
     p.add_argument("--ef", type=int, default=128, help="HNSW search ef (>= --candidates is advisable)")
     p.add_argument("--batch", type=int, default=1000, help="rows per upsert_vectors call")
-    p.add_argument("--targets", default="file,grpc", help="comma list of: file, grpc")
+    p.add_argument("--targets", default="file,grpc", help="comma list of: file, grpc, memory")
     p.add_argument("--collections", default="hnsw,flat",
                    help="comma list of hnsw, flat: the collections ingested (the first one is searched locally)")
     p.add_argument("--milvus-queries", action=argparse.BooleanOptionalAction, default=True,
@@ -504,7 +573,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         notes.append("grpc skipped: the installed milvus-lite ships no gRPC server")
     data = make_dataset(args.n, args.text_dim, args.image_dim, args.queries, args.query_noise, args.seed,
                         args.clusters, args.spread)
-    results = [bench_target(t, data, args) for t in targets]
+    results = [bench_memory(data, args) if t == "memory" else bench_target(t, data, args) for t in targets]
     import milvus_lite
     import pymilvus
 
