@@ -56,6 +56,13 @@ FLAG_HELP: dict[str, str] = {
                   "image tokens (default: the recipe's, GME 1280*28*28, Qwen3-VL 1800*32*32 embed, 1280*32*32 rerank)",
     "vision_positions": "mm-embed/multimodal rerank: decoder position ids: recipe (GME: sequential, as its published "
                         "code; Qwen3-VL and Lychee: M-RoPE), sequential, or mrope (vLLM-compatible GME vectors)",
+    "cuda_graphs": "auto (on for CUDA devices), on, off: CUDA graphs of the priority-lane forward (search queries) "
+                   "per (batch, length) bucket, captured in the background after start-up",
+    "compile": "auto (on for CUDA with Triton, compute capability >= 7.0), on, off: torch.compile the bulk-lane "
+               "forward (dynamic shapes) in the background; eager until it is ready",
+    "cuda_graph_max_batch": "largest batch bucket of the CUDA graphs (buckets 1, 2, 4 ... this)",
+    "cuda_graph_max_length": "largest length bucket of the CUDA graphs (buckets 32, 64 ... this, up to --max-length)",
+    "compile_cache_dir": "inductor's on-disk cache, so a restart compiles warm (default ~/.cache/rag-plugins/inductor)",
     "prompt_template": "rerank (yes/no models): JSON file {prefix, middle, suffix, default_instruction?, empty_side?} "
                        "replacing the recipe's prompt; middle holds {instruction}, {query} and {doc}",
 }

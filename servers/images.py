@@ -1,4 +1,4 @@
-"""``ImageInput`` decoding with the security rules of DESIGN §3 (no torch, no FastAPI).
+"""``ImageInput`` decoding with the source and size checks below (no torch, no FastAPI).
 
 An ``ImageInput`` is one of:
 

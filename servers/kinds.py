@@ -22,12 +22,13 @@ COMMON_SETTINGS: frozenset[str] = frozenset({
     "model", "served_model_name", "device", "dtype", "attention", "host", "port", "api_keys", "max_length",
     "max_batch_tokens", "max_batch_size", "max_wait_ms", "max_queue_items", "max_client_batch", "max_body_bytes",
     "bulk_workers", "priority_max_items", "priority_max_tokens", "tokenizer_threads", "retry_after_s",
-    "instruction", "log_level", "warmup",
+    "instruction", "log_level", "warmup", "cuda_graphs", "compile", "cuda_graph_max_batch", "cuda_graph_max_length",
+    "compile_cache_dir",
 })
 #: Settings of servers that take images (sources, checks, the model's pixel range).
 IMAGE_SETTINGS: frozenset[str] = frozenset({
     "image_root", "allow_url_images", "max_image_bytes", "max_image_pixels", "url_timeout_s", "min_pixels",
-    "max_pixels",
+    "max_pixels", "vision_positions",
 })
 
 
@@ -80,7 +81,7 @@ KINDS: Mapping[str, ServerKindSpec] = MappingProxyType({
             summary="serve one reranker (/rerank, /v1/rerank, /v2/rerank, /score); images need a multimodal one",
             engine="servers.engines.rerank:RerankEngine",
             routers=("servers.routes.rerank:router",),
-            settings=COMMON_SETTINGS | IMAGE_SETTINGS,
+            settings=COMMON_SETTINGS | IMAGE_SETTINGS | {"prompt_template"},
         ),
         ServerKindSpec(
             name="mm-embed",

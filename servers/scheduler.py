@@ -10,8 +10,9 @@ of two lanes:
 
 Each worker forms a batch from the head of its lane: the oldest live item is always in the batch (no
 starvation) and is joined by the items closest to it in length, so padding stays small; the batch holds at
-most ``max_batch_size`` items and ``n_items * longest_item`` tokens at most ``max_batch_tokens``. A worker
-that finds a part-full batch waits up to ``max_wait_ms`` for more work. Items of requests whose caller went
+most ``max_batch_size`` items and ``n_items * longest_item`` tokens at most ``max_batch_tokens``. A bulk
+worker that finds a part-full batch waits up to ``max_wait_ms`` for more work; the priority worker never
+waits (it takes whatever queries are queued at once). Items of requests whose caller went
 away (the awaiting task was cancelled) are dropped before the forward pass. When the queue holds
 ``max_queue_items`` items a new request is refused whole with :class:`QueueFullError` (HTTP 429 with
 ``Retry-After``), so a request is either fully accepted or not at all.
@@ -273,8 +274,10 @@ class TokenBudgetScheduler(Generic[P, R]):
                     state.wakeup.clear()
                     await state.wakeup.wait()
                     continue
-                if in_flight is None and not self._batch_is_full(state) and self.limits.max_wait_ms > 0:
-                    # Give concurrent requests a moment to join a part-full batch.
+                if (state.name == "bulk" and in_flight is None and not self._batch_is_full(state)
+                        and self.limits.max_wait_ms > 0):
+                    # Give concurrent requests a moment to join a part-full bulk batch. The priority lane
+                    # never waits: a query's latency is the point, and graphed small batches cost little.
                     state.wakeup.clear()
                     try:
                         await asyncio.wait_for(state.wakeup.wait(), timeout=self.limits.max_wait_ms / 1000)

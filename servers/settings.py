@@ -71,6 +71,12 @@ class ServerSettings:
     vision_positions: str = "recipe"
     # Yes/no rerankers: a JSON file replacing the recipe's prompt template.
     prompt_template: str | None = None
+    # Speed (CUDA only): graphs of the priority-lane forward, a compiled bulk-lane forward.
+    cuda_graphs: str = "auto"
+    compile: str = "auto"
+    cuda_graph_max_batch: int = 8
+    cuda_graph_max_length: int = 512
+    compile_cache_dir: str | None = None
 
     def __post_init__(self) -> None:
         problems = []
@@ -83,6 +89,11 @@ class ServerSettings:
                 problems.append(f"{name} must be >= 1")
         if self.bulk_workers < 1:
             problems.append("bulk_workers must be >= 1")
+        for name in ("cuda_graphs", "compile"):
+            if getattr(self, name) not in ("auto", "on", "off"):
+                problems.append(f"{name} must be 'auto', 'on' or 'off'")
+        if self.cuda_graph_max_batch < 1 or self.cuda_graph_max_length < 1:
+            problems.append("cuda_graph_max_batch and cuda_graph_max_length must be >= 1")
         if self.vision_positions not in ("recipe", "sequential", "mrope"):
             problems.append("vision_positions must be 'recipe', 'sequential' or 'mrope'")
         if self.last_token_padding not in ("left", "right"):

@@ -1,4 +1,4 @@
-"""Device, dtype and attention selection from the hardware (DESIGN §4).
+"""Device, dtype and attention selection from the hardware's compute capability.
 
 * CPU: float32, SDPA.
 * CUDA compute capability < 8.0 (Pascal, Volta, Turing): float16; SDPA (or eager); never bfloat16 or

@@ -21,6 +21,7 @@ import torch
 from PIL import Image
 
 from rag_plugins.protocol import InputType
+from servers.backends.accelerated import AccelerationSettings, LastTokenDecoder
 from servers.backends.device import Placement
 from servers.backends.torch_runtime import (
     HostResult,
@@ -173,6 +174,18 @@ def vision_model_inputs(
     }
 
 
+def text_decoder(model: Any, placement: Placement, pad_id: int, head: Any, acceleration: AccelerationSettings | None,
+                 max_length: int, name: str) -> LastTokenDecoder:
+    """The runner of a Qwen-VL model's text-only batches: its language model, right-padded, no mask.
+
+    For a text-only input both position schemes give 0..n-1 (``get_rope_index`` numbers text tokens
+    sequentially on all three M-RoPE axes), which is what the language model computes without position
+    ids, so text-only batches can take the graphed / compiled path; batches with images stay eager.
+    """
+    return LastTokenDecoder(model.language_model, placement, pad_id, head, acceleration or AccelerationSettings(),
+                            max_length, name=name)
+
+
 def vision_language_class(name: str) -> Any:
     """The transformers model class a recipe names (``Qwen2VLModel``, ``Qwen3VLForConditionalGeneration``, ...)."""
     import transformers
@@ -195,6 +208,7 @@ class QwenVLEmbedder:
     def __init__(
         self, model_dir: Path, recipe: MultiModalRecipe, placement: Placement, max_length: int,
         min_pixels: int | None = None, max_pixels: int | None = None, positions: PositionScheme | None = None,
+        acceleration: AccelerationSettings | None = None,
     ) -> None:
         from transformers import AutoTokenizer
 
@@ -221,6 +235,14 @@ class QwenVLEmbedder:
         pad = tokenizer.pad_token_id
         self.pad_token_id = int(pad) if pad is not None else 0
         self._streams = LaneStreams(placement, self.model)
+        self.text_decoder = text_decoder(self.model, placement, self.pad_token_id, None, acceleration,
+                                         self.max_length, "mm-embed text")
+
+    def start_acceleration(self) -> None:
+        self.text_decoder.start()
+
+    def acceleration_info(self) -> dict[str, Any]:
+        return {**self.text_decoder.info(), "images": "eager"}
 
     # --------------------------------------------------------------------------------------------- prepare
     def prepare(
@@ -282,8 +304,10 @@ class QwenVLEmbedder:
         """Queue a batch's forward on the device (see :meth:`forward`)."""
         device = self.placement.device
         with self._streams.use(lane):
-            ids, mask = pad_batch([p.ids for p in batch], self.pad_token_id, "left", device)
             grids = [p.grid_thw for p in batch if p.grid_thw is not None]
+            if not grids:
+                return HostResult(self.text_decoder.run([p.ids for p in batch], lane))
+            ids, mask = pad_batch([p.ids for p in batch], self.pad_token_id, "left", device)
             pixels = [p.pixel_values for p in batch if p.pixel_values is not None]
             out = self.model(
                 **vision_model_inputs(self.model, ids, mask, self.image_token_id, pixels, grids, self.positions)

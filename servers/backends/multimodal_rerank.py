@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from servers.backends.accelerated import AccelerationSettings
 from servers.backends.device import Placement
 from servers.backends.multimodal import (
     check_text_has_no_vision_tokens,
@@ -29,6 +30,7 @@ from servers.backends.multimodal import (
     load_image_processor,
     pixel_range,
     process_image,
+    text_decoder,
     vision_language_class,
     vision_model_inputs,
 )
@@ -114,6 +116,7 @@ class QwenVLPairScorer:
     def __init__(
         self, model_dir: Path, recipe: RerankRecipe, placement: Placement, max_length: int,
         min_pixels: int | None = None, max_pixels: int | None = None, positions: PositionScheme | None = None,
+        acceleration: AccelerationSettings | None = None,
     ) -> None:
         from transformers import AutoTokenizer
 
@@ -145,6 +148,14 @@ class QwenVLPairScorer:
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.pad_token_id = int(pad) if pad is not None else 0
         self._streams = LaneStreams(placement, self.model)
+        self.text_decoder = text_decoder(self.model, placement, self.pad_token_id, self.head.raw, acceleration,
+                                         self.max_length, "rerank text")
+
+    def start_acceleration(self) -> None:
+        self.text_decoder.start()
+
+    def acceleration_info(self) -> dict[str, Any]:
+        return {**self.text_decoder.info(), "images": "eager"}
 
     # --------------------------------------------------------------------------------------------- prepare
     def process_image(self, image: Image.Image) -> ProcessedImage:
@@ -221,9 +232,11 @@ class QwenVLPairScorer:
     def launch(self, batch: list[PreparedPair], lane: str) -> HostResult:
         """Queue a batch's forward on the device (see :meth:`forward`)."""
         with self._streams.use(lane):
+            grids = [g for p in batch for g in p.grids]
+            if not grids:
+                return HostResult(self.text_decoder.run([p.ids for p in batch], lane))
             ids, mask = pad_batch([p.ids for p in batch], self.pad_token_id, "left", self.placement.device)
             pixels = [pv for p in batch for pv in p.pixel_values]
-            grids = [g for p in batch for g in p.grids]
             out = self.model(
                 **vision_model_inputs(self.model, ids, mask, self.image_token_id, pixels, grids, self.positions)
             )

@@ -3,8 +3,9 @@
 Every backend tokenizes on the engine's tokenizer threads (``tokenize_*``) and runs one padded batch per
 call of ``forward`` in a scheduler lane's model thread. ``forward`` returns *raw* scores (before the
 recipe's activation) for pair scorers, or un-normalised embeddings for the bi-encoder. Results never depend
-on the batch an item lands in: padding is masked, decoders get position ids computed from the mask and are
-read at each row's last real token.
+on the batch an item lands in: causal decoders run right-padded without a mask through
+:class:`~servers.backends.accelerated.LastTokenDecoder` (graphs / compilation on CUDA) and are read at each
+row's last real token; encoders mask their padding.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from servers.backends.accelerated import AccelerationSettings, LastTokenDecoder
 from servers.backends.device import Placement
 from servers.backends.text_embedding import TextEmbeddingBackend, load_text_embedder
 from servers.backends.torch_runtime import (
@@ -110,7 +112,8 @@ class DecoderPairScorer:
     sequence classifier. Only those rows are computed (not the 150k-wide vocabulary projection).
     """
 
-    def __init__(self, model_dir: Path, recipe: RerankRecipe, placement: Placement, max_length: int) -> None:
+    def __init__(self, model_dir: Path, recipe: RerankRecipe, placement: Placement, max_length: int,
+                 acceleration: AccelerationSettings | None = None) -> None:
         from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
         if recipe.template is None:
@@ -144,6 +147,19 @@ class DecoderPairScorer:
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.pad_token_id = int(pad) if pad is not None else 0
         self._streams = LaneStreams(placement, self.model)
+        causal = all(bool(m.is_causal) for m in self.model.modules() if isinstance(getattr(m, "is_causal", None), bool))
+        # Causal decoders run right-padded without a mask (exact; graphs and compilation need it).
+        self.decoder = LastTokenDecoder(
+            self.model, placement, self.pad_token_id, self.head.raw, acceleration or AccelerationSettings(),
+            self.max_length, name="rerank",
+        ) if causal else None
+
+    def start_acceleration(self) -> None:
+        if self.decoder is not None:
+            self.decoder.start()
+
+    def acceleration_info(self) -> dict[str, Any]:
+        return self.decoder.info() if self.decoder is not None else {"graphs": "off", "compile": "off"}
 
     def tokenize_pairs(self, pairs: list[tuple[str, str]], instruction: str) -> list[EncodedInput]:
         """Format and tokenize pairs; only the middle part is truncated (prefix/suffix always whole)."""
@@ -167,6 +183,8 @@ class DecoderPairScorer:
     def launch(self, batch: list[EncodedInput], lane: str) -> HostResult:
         """Queue a batch's forward on the device (see :meth:`forward`)."""
         with self._streams.use(lane):
+            if self.decoder is not None:
+                return HostResult(self.decoder.run([b.ids for b in batch], lane))
             ids, mask = pad_batch([b.ids for b in batch], self.pad_token_id, "left", self.placement.device)
             out = self.model(
                 input_ids=ids, attention_mask=mask, position_ids=positions_from_mask(mask), use_cache=False
@@ -194,6 +212,12 @@ class CrossEncoderPairScorer:
         self.pad_token_id = int(tokenizer.pad_token_id or 0)
         self._wants_token_types = "token_type_ids" in getattr(tokenizer, "model_input_names", [])
         self._streams = LaneStreams(placement, self.model)
+
+    def start_acceleration(self) -> None:
+        """Bidirectional encoders run eager (graphs and compilation serve the causal decoders)."""
+
+    def acceleration_info(self) -> dict[str, Any]:
+        return {"graphs": "off (encoder)", "compile": "off (encoder)"}
 
     def tokenize_pairs(self, pairs: list[tuple[str, str]], instruction: str | None = None) -> list[EncodedInput]:
         """Tokenize (query, document) pairs; ``instruction`` is ignored (cross-encoders take none)."""
@@ -231,13 +255,22 @@ class CrossEncoderPairScorer:
 class BiEncoderScorer:
     """A sentence-transformers embedding model used for reranking by cosine; runs the embedding backend."""
 
-    def __init__(self, model_dir: Path, recipe: RerankRecipe, placement: Placement, max_length: int) -> None:
+    def __init__(self, model_dir: Path, recipe: RerankRecipe, placement: Placement, max_length: int,
+                 acceleration: AccelerationSettings | None = None) -> None:
         if recipe.embedding is None:
             raise ValueError("a bi-encoder recipe needs an embedding recipe")
         self.recipe = recipe
         self.placement = placement
-        self.embedder: TextEmbeddingBackend = load_text_embedder(model_dir, recipe.embedding, placement, max_length)
+        self.embedder: TextEmbeddingBackend = load_text_embedder(
+            model_dir, recipe.embedding, placement, max_length, acceleration=acceleration
+        )
         self.max_length = self.embedder.max_length
+
+    def start_acceleration(self) -> None:
+        self.embedder.start_acceleration()
+
+    def acceleration_info(self) -> dict[str, Any]:
+        return self.embedder.acceleration_info()
 
     def tokenize_texts(self, texts: list[str]) -> list[EncodedInput]:
         """Tokenize already formatted texts (query prompts applied by the engine)."""
@@ -256,10 +289,11 @@ PairScorer = DecoderPairScorer | CrossEncoderPairScorer
 RerankBackend = DecoderPairScorer | CrossEncoderPairScorer | BiEncoderScorer
 
 
-def load_reranker(model_dir: Path, recipe: RerankRecipe, placement: Placement, max_length: int) -> RerankBackend:
+def load_reranker(model_dir: Path, recipe: RerankRecipe, placement: Placement, max_length: int,
+                  acceleration: AccelerationSettings | None = None) -> RerankBackend:
     """Instantiate the backend the recipe calls for."""
     if recipe.kind == "decoder":
-        return DecoderPairScorer(model_dir, recipe, placement, max_length)
+        return DecoderPairScorer(model_dir, recipe, placement, max_length, acceleration)
     if recipe.kind == "cross-encoder":
         return CrossEncoderPairScorer(model_dir, recipe, placement, max_length)
-    return BiEncoderScorer(model_dir, recipe, placement, max_length)
+    return BiEncoderScorer(model_dir, recipe, placement, max_length, acceleration)

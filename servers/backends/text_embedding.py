@@ -10,6 +10,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from servers.backends.accelerated import AccelerationSettings, LastTokenDecoder
 from servers.backends.device import Placement
 from servers.backends.torch_runtime import (
     HostResult,
@@ -55,6 +56,10 @@ class TextEmbeddingBackend(Protocol):
 
     def launch(self, batch: list[list[int]], lane: str) -> HostResult: ...
 
+    def start_acceleration(self) -> None: ...
+
+    def acceleration_info(self) -> dict[str, Any]: ...
+
 
 def appended_token_id(tokenizer: Any) -> int | None:
     """The token the tokenizer's post-processor appends to every sequence, or None when it appends none."""
@@ -96,7 +101,7 @@ class LastTokenEmbedder:
 
     def __init__(
         self, model_dir: Path, recipe: EmbeddingRecipe, placement: Placement, max_length: int,
-        padding: str = "right",
+        padding: str = "right", acceleration: AccelerationSettings | None = None,
     ) -> None:
         from transformers import AutoModel, AutoTokenizer
 
@@ -118,6 +123,20 @@ class LastTokenEmbedder:
         causal = all(bool(m.is_causal) for m in self.model.modules() if isinstance(getattr(m, "is_causal", None), bool))
         self.padding = padding if causal else "left"
         self._streams = LaneStreams(placement, self.model)
+        # Right padding without a mask is what graphs and compilation run (see servers.backends.accelerated).
+        self.decoder = LastTokenDecoder(
+            self.model, placement, self.pad_token_id, None, acceleration or AccelerationSettings(),
+            self.max_length, name="embed",
+        ) if self.padding == "right" else None
+
+    def start_acceleration(self) -> None:
+        if self.decoder is not None:
+            self.decoder.start()
+
+    def acceleration_info(self) -> dict[str, Any]:
+        if self.decoder is None:
+            return {"graphs": "off (left padding)", "compile": "off (left padding)"}
+        return self.decoder.info()
 
     def _terminate(self, ids: list[int]) -> list[int]:
         if self.eos_token_id is not None and (not ids or ids[-1] != self.eos_token_id):
@@ -149,14 +168,13 @@ class LastTokenEmbedder:
     def launch(self, batch: list[list[int]], lane: str) -> HostResult:
         """Queue a batch's forward on the device; the result holds the float32 (n, dim) pooled vectors."""
         with self._streams.use(lane):
-            ids, mask = pad_batch(batch, self.pad_token_id, self.padding, self.placement.device)
-            if self.padding == "right":
+            if self.decoder is not None:
                 # Causal attention never looks right, so the pads after a text cannot change it: no mask.
-                out = self.model(input_ids=ids, use_cache=False)
-            else:
-                out = self.model(
-                    input_ids=ids, attention_mask=mask, position_ids=positions_from_mask(mask), use_cache=False
-                )
+                return HostResult(self.decoder.run(batch, lane))
+            ids, mask = pad_batch(batch, self.pad_token_id, self.padding, self.placement.device)
+            out = self.model(
+                input_ids=ids, attention_mask=mask, position_ids=positions_from_mask(mask), use_cache=False
+            )
             hidden = out.last_hidden_state
             rows = torch.arange(hidden.shape[0], device=hidden.device)
             pooled = hidden[rows, last_token_index(mask)].float()
@@ -187,6 +205,12 @@ class SentenceTransformerEmbedder:
         self._wants_token_types = "token_type_ids" in getattr(tokenizer, "model_input_names", [])
         self._modules = [m for m in self.model if type(m).__name__ != "Normalize"]
         self._streams = LaneStreams(placement, self.model)
+
+    def start_acceleration(self) -> None:
+        """Bidirectional encoders run eager (graphs and compilation serve the causal decoders)."""
+
+    def acceleration_info(self) -> dict[str, Any]:
+        return {"graphs": "off (encoder)", "compile": "off (encoder)"}
 
     def prepare_ids(self, ids: list[int]) -> TokenizedText:
         ids = list(ids)
@@ -226,9 +250,10 @@ class SentenceTransformerEmbedder:
 
 
 def load_text_embedder(
-    model_dir: Path, recipe: EmbeddingRecipe, placement: Placement, max_length: int, padding: str = "right"
+    model_dir: Path, recipe: EmbeddingRecipe, placement: Placement, max_length: int, padding: str = "right",
+    acceleration: AccelerationSettings | None = None,
 ) -> TextEmbeddingBackend:
     """Instantiate the backend the recipe calls for (``padding``: see :class:`LastTokenEmbedder`)."""
     if recipe.pooling == "lasttoken":
-        return LastTokenEmbedder(model_dir, recipe, placement, max_length, padding)
+        return LastTokenEmbedder(model_dir, recipe, placement, max_length, padding, acceleration)
     return SentenceTransformerEmbedder(model_dir, recipe, placement, max_length)

@@ -72,6 +72,8 @@ class PriorityGate:
 
     def checkpoint(self, *_: Any) -> None:
         """Layer pre-hook: a bulk thread waits here while a priority forward runs."""
+        if torch.compiler.is_compiling():
+            return  # traced into a compiled graph: the gate only applies to eager forwards
         if getattr(self._local, "bulk", False) and not self._idle.is_set():
             self._idle.wait()
 

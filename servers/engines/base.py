@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
 
+from servers.backends.accelerated import DEFAULT_COMPILE_CACHE
 from servers.backends.device import Placement, choose_placement
 from servers.errors import NotReadyError, RequestTooLargeError
 from servers.metrics import ServerMetrics
@@ -70,7 +71,8 @@ class EngineBase(Generic[P, R]):
     """
 
     kind: str = "base"
-    #: The torch backend: ``forward(batch, lane)``, ``launch(batch, lane).result()`` and ``placement``.
+    #: The torch backend: ``forward(batch, lane)``, ``launch(batch, lane).result()``, ``placement``,
+    #: ``start_acceleration()`` and ``acceleration_info()``.
     backend: Any
 
     def __init__(self, settings: ServerSettings, metrics: ServerMetrics | None = None) -> None:
@@ -91,6 +93,7 @@ class EngineBase(Generic[P, R]):
         self._tokenize_pool: ThreadPoolExecutor | None = None
         self._priority_pool: ThreadPoolExecutor | None = None
         self.ready = False
+        self.warmup_s: float | None = None
 
     # ------------------------------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -107,8 +110,11 @@ class EngineBase(Generic[P, R]):
         if self.settings.warmup:
             started = time.perf_counter()
             await self._warmup()
-            logger.info("warm-up forward passed in %.2fs", time.perf_counter() - started)
+            self.warmup_s = time.perf_counter() - started
+            logger.info("warm-up forward passed in %.2fs", self.warmup_s)
         self.ready = True
+        # Graphs and compilation build in the background; the eager path answers meanwhile.
+        self.backend.start_acceleration()
 
     async def stop(self) -> None:
         self.ready = False
@@ -146,6 +152,17 @@ class EngineBase(Generic[P, R]):
 
     def info(self) -> dict[str, Any]:
         raise NotImplementedError
+
+    def acceleration_facts(self) -> dict[str, Any]:
+        """``/info`` fields of the speed settings and of what the backend has built so far."""
+        s = self.settings
+        return {
+            "cuda_graphs": s.cuda_graphs, "compile": s.compile, "cuda_graph_max_batch": s.cuda_graph_max_batch,
+            "cuda_graph_max_length": s.cuda_graph_max_length,
+            "compile_cache_dir": s.compile_cache_dir or DEFAULT_COMPILE_CACHE,
+            "warmup_s": round(self.warmup_s, 3) if self.warmup_s is not None else None,
+            "acceleration": self.backend.acceleration_info(),
+        }
 
     def _check_ready(self) -> None:
         if self._tokenize_pool is None:

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from rag_plugins.protocol import InputType
+from servers.backends.accelerated import AccelerationSettings
 from servers.backends.text_embedding import TextEmbeddingBackend, TokenizedText, load_text_embedder
 from servers.engines.base import EngineBase, check_fits_batch, place_model
 from servers.errors import InvalidRequestError, RequestTooLargeError
@@ -75,7 +76,8 @@ class EmbeddingEngine(EngineBase[list[int], np.ndarray]):
     def from_settings(cls, settings: ServerSettings, metrics: ServerMetrics | None = None) -> EmbeddingEngine:
         """Load the model named by ``settings.model`` onto ``settings.device`` (blocking)."""
         model_dir, recipe, placement = place_model(settings, resolve_embedding_recipe)
-        backend = load_text_embedder(model_dir, recipe, placement, settings.max_length, settings.last_token_padding)
+        backend = load_text_embedder(model_dir, recipe, placement, settings.max_length, settings.last_token_padding,
+                                     AccelerationSettings.from_settings(settings))
         check_fits_batch(backend.max_length, settings)
         return cls(backend, settings, metrics)
 
@@ -131,6 +133,7 @@ class EmbeddingEngine(EngineBase[list[int], np.ndarray]):
         b = self.backend
         s = self.settings
         return {
+            **self.acceleration_facts(),
             "model": s.model_name,
             "kind": self.kind,
             "dim": b.dim,

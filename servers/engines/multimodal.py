@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image
 
 from rag_plugins.protocol import InputType
+from servers.backends.accelerated import AccelerationSettings
 from servers.backends.multimodal import PreparedInput, QwenVLEmbedder
 from servers.engines.base import EngineBase, check_fits_batch, place_model
 from servers.engines.embedding import EmbeddingResult, matryoshka
@@ -47,7 +48,7 @@ class MultiModalEmbeddingEngine(EngineBase[PreparedInput, np.ndarray]):
         positions = None if settings.vision_positions == "recipe" else settings.vision_positions
         backend = QwenVLEmbedder(
             model_dir, recipe, placement, settings.max_length, settings.min_pixels, settings.max_pixels,
-            cast(PositionScheme | None, positions),
+            cast(PositionScheme | None, positions), AccelerationSettings.from_settings(settings),
         )
         check_fits_batch(backend.max_length, settings)
         return cls(backend, settings, metrics)
@@ -114,6 +115,7 @@ class MultiModalEmbeddingEngine(EngineBase[PreparedInput, np.ndarray]):
         b = self.backend
         s = self.settings
         return {
+            **self.acceleration_facts(),
             "model": s.model_name, "kind": self.kind, "dim": b.dim, "dtype": b.placement.dtype_name,
             "device": str(b.placement.device), "attention": b.placement.attention, "max_length": b.max_length,
             "max_batch_tokens": s.max_batch_tokens, "max_batch_size": s.max_batch_size,
@@ -123,7 +125,7 @@ class MultiModalEmbeddingEngine(EngineBase[PreparedInput, np.ndarray]):
             "scoring": None, "modalities": ["text", "image", "text+image"],
             "min_pixels": b.min_pixels, "max_pixels": b.max_pixels, "max_image_pixels": s.max_image_pixels,
             "max_image_bytes": s.max_image_bytes, "image_paths": bool(s.image_root),
-            "url_images": s.allow_url_images,
+            "url_images": s.allow_url_images, "vision_positions": b.positions,
         }
 
     # ----------------------------------------------------------------------------------------- internals

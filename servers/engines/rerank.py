@@ -15,6 +15,7 @@ from typing import Any, cast
 import numpy as np
 from PIL import Image
 
+from servers.backends.accelerated import AccelerationSettings
 from servers.backends.multimodal_rerank import PairSide, PreparedPair, ProcessedImage, QwenVLPairScorer
 from servers.backends.rerank import BiEncoderScorer, EncodedInput, RerankBackend, load_reranker
 from servers.engines.base import EngineBase, check_fits_batch, place_model
@@ -128,10 +129,11 @@ class RerankEngine(EngineBase[Any, Any]):
             positions = None if settings.vision_positions == "recipe" else settings.vision_positions
             backend = QwenVLPairScorer(
                 model_dir, recipe, placement, settings.max_length, settings.min_pixels, settings.max_pixels,
-                cast(PositionScheme | None, positions),
+                cast(PositionScheme | None, positions), AccelerationSettings.from_settings(settings),
             )
         else:
-            backend = load_reranker(model_dir, recipe, placement, settings.max_length)
+            backend = load_reranker(model_dir, recipe, placement, settings.max_length,
+                                    AccelerationSettings.from_settings(settings))
         check_fits_batch(backend.max_length, settings)
         return cls(backend, settings, metrics)
 
@@ -216,6 +218,7 @@ class RerankEngine(EngineBase[Any, Any]):
         b = self.backend
         s = self.settings
         return {
+            **self.acceleration_facts(),
             "model": s.model_name,
             "kind": self.kind,
             "dim": None,
@@ -234,6 +237,7 @@ class RerankEngine(EngineBase[Any, Any]):
             "modalities": self.recipe.modalities,
             **(
                 {"min_pixels": b.min_pixels, "max_pixels": b.max_pixels, "max_image_pixels": s.max_image_pixels,
+                 "vision_positions": b.positions,
                  "image_paths": bool(s.image_root), "url_images": s.allow_url_images}
                 if isinstance(b := self.backend, QwenVLPairScorer) else {}
             ),

@@ -219,7 +219,7 @@ async def test_end_token_comes_from_tokenizer_then_recipe_not_config(
     """
     from servers.engines.embedding import EmbeddingEngine
     from servers.settings import ServerSettings
-    from servers.testing.random_models import IM_END_ID, save_qwen3_embedding
+    from testkit.random_models import IM_END_ID, save_qwen3_embedding
 
     with_pp = save_qwen3_embedding(tmp_path / "with-pp", qwen_tokenizer_dir, eos_token_id=IM_END_ID)
     plain = save_qwen3_embedding(tmp_path / "plain", qwen_tokenizer_plain_dir, eos_token_id=IM_END_ID)

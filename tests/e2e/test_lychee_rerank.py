@@ -24,7 +24,7 @@ import pytest
 import requests
 from PIL import Image
 
-from servers.testing.random_models import save_lychee_rerank_mm
+from testkit.random_models import save_lychee_rerank_mm
 from tests.e2e.mm_fixtures import png_bytes
 from tests.support.serve import rag_serve
 

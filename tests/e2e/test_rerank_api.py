@@ -136,7 +136,7 @@ def test_malformed_json_and_info(qwen_rerank_server: str) -> None:
 
 
 def test_bi_encoder_reranks_by_cosine(minilm_rerank_server: str) -> None:
-    """all-MiniLM-L6-v2 as a bi-encoder reranker gives the sentence-transformers docs' cosines (DESIGN §4)."""
+    """all-MiniLM-L6-v2 as a bi-encoder reranker gives the cosines of the sentence-transformers docs' example."""
     info = requests.get(minilm_rerank_server + "/info", timeout=10).json()
     assert info["scoring"] == "cosine (bi-encoder)"
     body = post(minilm_rerank_server, "/rerank", {"query": QUERY, "docs": PLANETS}).json()

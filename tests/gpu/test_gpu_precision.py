@@ -98,7 +98,7 @@ def test_lychee_rerank_half_precision_close_to_fp32(qwen_tokenizer_plain_dir: Pa
     """Lychee-Rerank-MM (Qwen2.5-VL) raw yes/no logit differences in half precision on the GPU vs fp32 on the CPU."""
     from PIL import Image
 
-    from servers.testing.random_models import save_lychee_rerank_mm
+    from testkit.random_models import save_lychee_rerank_mm
 
     model = save_lychee_rerank_mm(tmp_path / "lychee", qwen_tokenizer_plain_dir)
     rng = np.random.default_rng(2)

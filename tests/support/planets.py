@@ -1,4 +1,4 @@
-"""The sentence-transformers docs' planet example (DESIGN §4): one query, four documents, Mars the answer."""
+"""The sentence-transformers documentation's planet example: one query, four documents, Mars the answer."""
 
 from __future__ import annotations
 
@@ -10,5 +10,5 @@ PLANETS = [
     "Saturn, famous for its rings, is sometimes mistaken for the Red Planet.",
 ]
 MARS = PLANETS[1]
-#: all-MiniLM-L6-v2 cosines of QUERY against PLANETS, from the DESIGN reference (±0.002).
+#: all-MiniLM-L6-v2 cosines of QUERY against PLANETS as sentence-transformers computes them (±0.002).
 MINILM_REFERENCE_COSINES = [0.4637, 0.8121, 0.7283, 0.7505]

@@ -1,5 +1,6 @@
 """Tiny random-weight rerankers besides the Qwen3 causal LM: a converted ``*-seq-cls`` Qwen3 and a BERT
-cross-encoder (saved like their Hub repositories, DESIGN §7)."""
+cross-encoder, saved with ``save_pretrained`` in the layout of their Hub repositories, so the server resolves
+their recipes from the same files as for the real models (no test downloads a model)."""
 
 from __future__ import annotations
 

@@ -46,14 +46,20 @@ def _argv(kind: str, model: Path, image_root: Path) -> list[str]:
         "--max-batch-tokens", "2000", "--max-batch-size", "7", "--max-wait-ms", "3.5", "--max-queue-items", "999",
         "--max-client-batch", "5", "--max-body-bytes", "150000", "--bulk-workers", "2", "--priority-max-items",
         "3", "--priority-max-tokens", "555", "--tokenizer-threads", "3", "--retry-after-s", "4",
-        "--instruction", INSTRUCTION, "--log-level", "warning", "--no-warmup",
+        "--instruction", INSTRUCTION, "--log-level", "warning", "--no-warmup", "--cuda-graphs", "off",
+        "--compile", "off", "--cuda-graph-max-batch", "4", "--cuda-graph-max-length", "256",
+        "--compile-cache-dir", "/tmp/flag-inductor-cache",
     ]
     if "last_token_padding" in KINDS[kind].settings:
         argv += ["--last-token-padding", "left"]
     if "image_root" in KINDS[kind].settings:
         argv += ["--image-root", str(image_root), "--allow-url-images", "--max-image-bytes", "123456",
                  "--max-image-pixels", "2000000", "--url-timeout-s", "2.5", "--min-pixels", str(8 * 28 * 28),
-                 "--max-pixels", str(32 * 28 * 28)]
+                 "--max-pixels", str(32 * 28 * 28), "--vision-positions", "mrope"]
+    if "prompt_template" in KINDS[kind].settings:
+        template = image_root / "template.json"
+        template.write_text('{"middle": "<Instruct>: {instruction}<Q>: {query}<D>: {doc}"}')
+        argv += ["--prompt-template", str(template)]
     return argv
 
 
@@ -81,9 +87,15 @@ INFO_CHECKS: dict[str, tuple[str, Any]] = {
     "url_timeout_s": ("url_timeout_s", 2.5),
     "min_pixels": ("min_pixels", 8 * 28 * 28),
     "max_pixels": ("max_pixels", 32 * 28 * 28),
+    "vision_positions": ("vision_positions", "mrope"),
+    "cuda_graphs": ("cuda_graphs", "off"),
+    "compile": ("compile", "off"),
+    "cuda_graph_max_batch": ("cuda_graph_max_batch", 4),
+    "cuda_graph_max_length": ("cuda_graph_max_length", 256),
+    "compile_cache_dir": ("compile_cache_dir", "/tmp/flag-inductor-cache"),
 }
 #: ``model`` and ``image_root`` are checked against paths only known at run time.
-RUNTIME_INFO_CHECKS = {"model", "image_root"}
+RUNTIME_INFO_CHECKS = {"model", "image_root", "prompt_template"}
 
 
 def test_every_flag_has_an_observation() -> None:
@@ -161,6 +173,8 @@ def test_every_flag_reaches_the_server(
             assert info.get(key) == expected, f"{kind} --{flag}: /info {key}={info.get(key)!r}, want {expected!r}"
         if "image_root" in flags:
             assert info["image_roots"] == [str(tmp_path.resolve())]
+        if "prompt_template" in flags:
+            assert info["recipe"].endswith(f"template from {tmp_path / 'template.json'}")
         assert info["max_client_batch"] == 5
         too_many = {"texts": ["x"] * 6} if kind != "rerank" else {"query": "q", "docs": ["d"] * 6}
         resp = client.post("/embed" if kind != "rerank" else "/rerank", json=too_many, headers=AUTH)
@@ -169,9 +183,4 @@ def test_every_flag_reaches_the_server(
         big = client.post("/embed", content=b"x" * 150_001, headers={**AUTH, "Content-Type": "application/json"})
         assert big.status_code == 413  # max_body_bytes
         assert "max-body-bytes" in big.json()["error"]["message"]
-        try:
-            _instruction_reaches_engine(kind, client)
-        except AssertionError:
-            if kind == "rerank":
-                raise
-            pytest.xfail("--instruction for embed/mm-embed is wired in the engines by their owner (issue 10)")
+        _instruction_reaches_engine(kind, client)

@@ -1,0 +1,296 @@
+"""The one place speed lives: a causal decoder's last-token forward, eager, CUDA-graphed or compiled.
+
+Every backend whose model is a causal decoder read at its last real token (Qwen3-Embedding, the
+Qwen3-Reranker yes/no head and its seq-cls conversion, the text-only batches of the Qwen-VL embedders and
+rerankers) runs its batches through :class:`LastTokenDecoder`:
+
+* inputs are padded on the **right** and run **without an attention mask**: in a causal decoder a real
+  token only attends to the tokens before it, all real, so every real token's hidden state is the one the
+  model computes for that text alone (bit-for-bit on CPU; within kernel rounding on a GPU). Positions are
+  0..n-1 from the first token, as for an unpadded input. Right padding is what makes fixed-shape buckets
+  exact: a batch of 3 texts of 20 tokens runs in the (4, 32) graph with one dummy row and 12 pad columns;
+* **CUDA graphs** (``--cuda-graphs``): for the priority lane (search queries), one graph per (batch, length)
+  bucket — batch 1, 2, 4 … ``--cuda-graph-max-batch``, length 32, 64 … ``--cuda-graph-max-length`` —
+  captured from the eager forward in a background thread after start-up (so Pascal cards without Triton
+  get them too), all buckets sharing one memory pool. A replay launches the whole forward at once;
+* **compilation** (``--compile``): for the bulk lane, ``torch.compile`` of the same forward with dynamic
+  batch and length (one compiled graph for every shape, no bucket padding), compiled in the background
+  with the inductor cache on disk (a restart is warm). Needs Triton (compute capability >= 7.0);
+* until a bucket is captured or the compilation is done, that work runs eager: start-up is never blocked.
+
+The graph/compiled output is the head's: pooled hidden states (embedders) or raw yes/no scores (rerankers),
+float32, ``(n, out)``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from servers.backends.device import Placement
+
+logger = logging.getLogger(__name__)
+
+#: Smallest length bucket: queries with an instruction prefix are rarely shorter.
+MIN_GRAPH_LENGTH = 32
+#: Where inductor's compiled kernels are kept between runs unless ``--compile-cache-dir`` says otherwise.
+DEFAULT_COMPILE_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "rag-plugins", "inductor")
+
+Head = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class AccelerationSettings:
+    """What to accelerate and how (resolved from the server settings and the device).
+
+    Attributes:
+        cuda_graphs: ``auto`` (on for CUDA devices), ``on`` or ``off``.
+        compile: ``auto`` (on for CUDA devices with Triton and compute capability >= 7.0), ``on`` or ``off``.
+        graph_max_batch: Largest batch bucket of the priority-lane graphs (powers of two from 1).
+        graph_max_length: Largest length bucket (powers of two from 32).
+        compile_cache_dir: Inductor's on-disk cache (None: :data:`DEFAULT_COMPILE_CACHE`).
+    """
+
+    cuda_graphs: str = "auto"
+    compile: str = "auto"
+    graph_max_batch: int = 8
+    graph_max_length: int = 512
+    compile_cache_dir: str | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> AccelerationSettings:
+        return cls(
+            cuda_graphs=settings.cuda_graphs, compile=settings.compile,
+            graph_max_batch=settings.cuda_graph_max_batch, graph_max_length=settings.cuda_graph_max_length,
+            compile_cache_dir=settings.compile_cache_dir,
+        )
+
+
+def triton_available() -> bool:
+    try:
+        import triton  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+def graph_buckets(max_batch: int, max_length: int) -> list[tuple[int, int]]:
+    """The (batch, length) buckets: powers of two from 1 to ``max_batch`` x from 32 to ``max_length``."""
+    batches = [b for b in (2**i for i in range(16)) if b <= max(1, max_batch)]
+    lengths = [n for n in (MIN_GRAPH_LENGTH * 2**i for i in range(16)) if n <= max(MIN_GRAPH_LENGTH, max_length)]
+    return [(b, n) for b in batches for n in lengths]
+
+
+def right_padded(batch: Sequence[Sequence[int]], pad_id: int, rows: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``batch`` right-padded into a (rows, length) int64 CPU tensor and each row's last real index (rows,).
+
+    Rows past ``len(batch)`` are dummy rows of pads (index 0), so a batch fits a bigger graph bucket.
+    """
+    ids = torch.full((rows, length), pad_id, dtype=torch.long)
+    last = torch.zeros(rows, dtype=torch.long)
+    for row, seq in enumerate(batch):
+        ids[row, : len(seq)] = torch.as_tensor(seq, dtype=torch.long)
+        last[row] = len(seq) - 1
+    return ids, last
+
+
+class _GraphBucket:
+    """One captured forward of a fixed (batch, length): static input buffers and a static output."""
+
+    def __init__(self, run: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], rows: int, length: int,
+                 pad_id: int, device: torch.device, pool: Any) -> None:
+        self.rows, self.length = rows, length
+        self.ids = torch.full((rows, length), pad_id, dtype=torch.long, device=device)
+        self.last = torch.zeros(rows, dtype=torch.long, device=device)
+        side = torch.cuda.Stream(device=device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):
+            for _ in range(2):  # warm-up outside the capture: cuBLAS handles, lazy inits, allocator
+                run(self.ids, self.last)
+        torch.cuda.current_stream(device).wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        # thread_local: the serving threads keep running eager work on other streams meanwhile.
+        with torch.cuda.graph(self.graph, pool=pool, stream=side, capture_error_mode="thread_local"):
+            self.out = run(self.ids, self.last)
+        side.synchronize()
+
+    def replay(self, ids: torch.Tensor, last: torch.Tensor, n: int) -> torch.Tensor:
+        """Copy the (rows, length) inputs in (current stream), replay, and return the first ``n`` outputs."""
+        self.ids.copy_(ids, non_blocking=True)
+        self.last.copy_(last, non_blocking=True)
+        self.graph.replay()
+        return self.out[:n]
+
+
+class LastTokenDecoder:
+    """Runs a causal decoder on right-padded ids and returns ``head(hidden state of each last real token)``.
+
+    Args:
+        decoder: Module called as ``decoder(input_ids=ids, use_cache=False)``, returning an output with
+            ``last_hidden_state`` (a ``Qwen3Model``, a Qwen-VL ``language_model`` …).
+        placement: Device and dtype.
+        pad_id: Id written into padding (never attended to by real tokens).
+        head: Maps last-token hidden states (n, hidden) to the outputs (n, out); None: the hidden states.
+        acceleration: Graph and compile settings.
+        max_length: The backend's max input length (graph buckets stop there).
+        name: Label in logs.
+    """
+
+    def __init__(self, decoder: Any, placement: Placement, pad_id: int, head: Head | None,
+                 acceleration: AccelerationSettings, max_length: int, name: str = "decoder") -> None:
+        self.decoder = decoder
+        self.placement = placement
+        self.pad_id = pad_id
+        self.head = head
+        self.name = name
+        self.acceleration = acceleration
+        cuda = placement.device.type == "cuda"
+        self.graphs_enabled = cuda and acceleration.cuda_graphs in ("auto", "on")
+        capability = torch.cuda.get_device_capability(placement.device) if cuda else (0, 0)
+        self.compile_enabled = cuda and (
+            acceleration.compile == "on"
+            or (acceleration.compile == "auto" and capability >= (7, 0) and triton_available())
+        )
+        self._buckets = (
+            [(b, n) for b, n in graph_buckets(acceleration.graph_max_batch, acceleration.graph_max_length)
+             if n <= max_length] if self.graphs_enabled else []
+        )
+        self._graphs: dict[tuple[int, int], _GraphBucket] = {}
+        self._graph_lock = threading.Lock()  # a priority forward and a capture never overlap
+        self._compiled: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+        self._thread: threading.Thread | None = None
+        self._stats: dict[str, Any] = {
+            "graphs": "off" if not self.graphs_enabled else "pending",
+            "compile": "off" if not self.compile_enabled else "pending",
+        }
+
+    # ------------------------------------------------------------------------------------------- forward
+    def _pooled(self, ids: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
+        """The eager forward: (rows, length) ids and (rows,) last indices -> (rows, out) float32."""
+        hidden = self.decoder(input_ids=ids, use_cache=False).last_hidden_state
+        rows = torch.arange(ids.shape[0], device=ids.device)
+        pooled = hidden[rows, last]
+        out = self.head(pooled) if self.head is not None else pooled
+        return out.float()
+
+    def _bucket_for(self, n: int, length: int) -> tuple[int, int] | None:
+        for b, m in self._buckets:  # sorted by batch, then length: the first fit is the smallest
+            if b >= n and m >= length and (b, m) in self._graphs:
+                return (b, m)
+        return None
+
+    def run(self, batch: Sequence[Sequence[int]], lane: str) -> torch.Tensor:
+        """Queue a batch's forward on the current stream; returns (n, out) float32 on the device."""
+        device = self.placement.device
+        n = len(batch)
+        length = max(len(seq) for seq in batch)
+        if lane == "priority" and self._graphs:
+            key = self._bucket_for(n, length)
+            if key is not None:
+                ids, last = right_padded(batch, self.pad_id, *key)
+                with self._graph_lock:
+                    return self._graphs[key].replay(ids.pin_memory(), last.pin_memory(), n)
+        ids, last = right_padded(batch, self.pad_id, n, length)
+        if device.type == "cuda":
+            ids, last = ids.pin_memory().to(device, non_blocking=True), last.pin_memory().to(device, non_blocking=True)
+        compiled = self._compiled
+        # Batches of one would make dynamo specialise the batch dimension (a recompile): those run eager.
+        if compiled is not None and n > 1:
+            try:
+                return compiled(ids, last)
+            except Exception as exc:  # a guard failure that would recompile, or a compiler bug: eager it is
+                logger.warning("%s: compiled forward failed for shape (%d, %d) (%s); running eager",
+                               self.name, n, length, type(exc).__name__)
+        if lane == "priority" and self._graphs:
+            with self._graph_lock:
+                return self._pooled(ids, last)
+        return self._pooled(ids, last)
+
+    # -------------------------------------------------------------------------------------- acceleration
+    def start(self) -> None:
+        """Capture the graphs, then compile, in a background thread (serving continues eager meanwhile)."""
+        if self._thread is not None or not (self.graphs_enabled or self.compile_enabled):
+            return
+        self._thread = threading.Thread(target=self._accelerate, name=f"accelerate-{self.name}", daemon=True)
+        self._thread.start()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the background work is done (benchmarks, tests). Returns whether it finished."""
+        if self._thread is None:
+            return True
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    @torch.inference_mode()
+    def _accelerate(self) -> None:
+        device = self.placement.device
+        try:
+            with torch.cuda.device(device):
+                if self.graphs_enabled:
+                    self._capture_graphs()
+                if self.compile_enabled:
+                    self._compile()
+        except Exception:  # never take the server down: it keeps serving eager
+            logger.exception("%s: acceleration failed; serving eager", self.name)
+
+    def _capture_graphs(self) -> None:
+        device = self.placement.device
+        self._stats["graphs"] = "capturing"
+        started = time.perf_counter()
+        reserved_before = torch.cuda.memory_reserved(device)
+        pool = torch.cuda.graph_pool_handle()
+        failed = 0
+        # Longest first: the shared pool is sized by the largest bucket once, the rest fit inside it.
+        for key in sorted(self._buckets, key=lambda k: k[0] * k[1], reverse=True):
+            try:
+                with self._graph_lock:
+                    self._graphs[key] = _GraphBucket(self._pooled, key[0], key[1], self.pad_id, device, pool)
+            except Exception as exc:
+                failed += 1
+                logger.warning("%s: CUDA graph capture of bucket %s failed (%s)", self.name, key, exc)
+        seconds = time.perf_counter() - started
+        pool_bytes = torch.cuda.memory_reserved(device) - reserved_before
+        self._stats.update(
+            graphs="ready" if self._graphs else "failed", graph_buckets=sorted(self._graphs),
+            graph_capture_s=round(seconds, 2), graph_pool_bytes=int(pool_bytes), graph_failures=failed,
+        )
+        logger.info("%s: captured %d CUDA graphs in %.1fs (%.0f MiB pool)", self.name, len(self._graphs), seconds,
+                    pool_bytes / 2**20)
+
+    def _compile(self) -> None:
+        device = self.placement.device
+        cache = self.acceleration.compile_cache_dir or DEFAULT_COMPILE_CACHE
+        os.makedirs(cache, exist_ok=True)
+        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", cache)
+        import torch._dynamo
+
+        torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+        self._stats["compile"] = "compiling"
+        started = time.perf_counter()
+        compiled = torch.compile(self._pooled, dynamic=True)
+        # Two shapes of batch >= 2 exercise the dynamic graph (and catch a specialisation early).
+        stream = torch.cuda.Stream(device=device)
+        with torch.cuda.stream(stream):
+            for rows, length in ((4, 64), (3, 200)):
+                ids = torch.full((rows, length), self.pad_id, dtype=torch.long, device=device)
+                last = torch.full((rows,), length - 1, dtype=torch.long, device=device)
+                compiled(ids, last)
+        stream.synchronize()
+        self._compiled = compiled
+        seconds = time.perf_counter() - started
+        self._stats.update(compile="ready", compile_s=round(seconds, 1), compile_cache_dir=cache)
+        logger.info("%s: compiled forward ready in %.1fs (cache %s)", self.name, seconds, cache)
+
+    def info(self) -> dict[str, Any]:
+        """Acceleration state for ``/info``: requested modes, what is ready, warm-up times, graph memory."""
+        return {
+            "cuda_graphs_setting": self.acceleration.cuda_graphs, "compile_setting": self.acceleration.compile,
+            "graph_buckets_planned": len(self._buckets), **self._stats,
+        }
