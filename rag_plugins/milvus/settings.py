@@ -80,7 +80,7 @@ class AnnSettings:
 
     threshold: int = 20_000
     nlist_per_sqrt_n: float = 2.0
-    nprobe: int = 20
+    nprobe: int = 64
     overfetch: float = 2.0
     train_per_list: int = 16
     niter: int = 8
