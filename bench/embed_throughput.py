@@ -220,7 +220,9 @@ def bench_accelerated_forward(model_dir: Path, cfg: Config, mean_len: int, word_
     model = AutoModel.from_pretrained(str(model_dir), dtype=getattr(torch, cfg.dtype), attn_implementation="sdpa")
     model.to(cfg.device).eval()
     cold = time.perf_counter()
-    decoder = LastTokenDecoder(model, placement, 151643, None, AccelerationSettings(), cfg.max_length, name="bench")
+    cache = tempfile.mkdtemp(prefix="bench-inductor-inprocess-")
+    decoder = LastTokenDecoder(model, placement, 151643, None, AccelerationSettings(compile_cache_dir=cache),
+                               cfg.max_length, name="bench")
     decoder.start()
     decoder.wait(900)
     info = decoder.info()
@@ -249,15 +251,23 @@ def bench_accelerated_forward(model_dir: Path, cfg: Config, mean_len: int, word_
         elapsed = time.perf_counter() - started
         return tokens * iters / elapsed, 1000 * elapsed / iters
 
+    compiled_layers = decoder._compiled_layers
+
+    def set_compiled(on: bool) -> None:
+        for w in compiled_layers:
+            (w.enabled.set if on else w.enabled.clear)()
+
     with torch.inference_mode():
         for n, length in shapes:
             ids = torch.as_tensor(rng.choice(word_token_ids, size=(n, length)), device=cfg.device)
             last = torch.full((n,), length - 1, dtype=torch.long, device=cfg.device)
             row: dict[str, Any] = {"batch": n, "length": length, "tokens": n * length}
+            set_compiled(False)
             row["eager_tokens_per_s"], _ = timed(lambda ids=ids, last=last, d=decoder: d._pooled(ids, last), n * length)
-            if decoder._compiled is not None:
-                compiled = decoder._compiled
-                row["compiled_tokens_per_s"], _ = timed(lambda ids=ids, last=last, c=compiled: c(ids, last), n * length)
+            if compiled_layers:
+                set_compiled(True)
+                row["compiled_tokens_per_s"], _ = timed(lambda ids=ids, last=last, d=decoder: d._pooled(ids, last),
+                                                        n * length)
             rows.append(row)
             log(f"(a') {n}x{length}: {row}")
         queries: dict[str, Any] = {}
@@ -265,10 +275,16 @@ def bench_accelerated_forward(model_dir: Path, cfg: Config, mean_len: int, word_
             batch = [rng.choice(word_token_ids, size=cfg.query_tokens).tolist() for _ in range(n)]
             ids = torch.as_tensor(batch, device=cfg.device)
             last = torch.full((n,), cfg.query_tokens - 1, dtype=torch.long, device=cfg.device)
+            set_compiled(False)
             _, eager_ms = timed(lambda ids=ids, last=last, d=decoder: d._pooled(ids, last), n)
+            set_compiled(True)
+            _, compiled_ms = timed(lambda ids=ids, last=last, d=decoder: d._pooled(ids, last), n)
             _, graph_ms = timed(lambda batch=batch, d=decoder: d.run(batch, "priority"), n)
-            queries[f"{n}x{cfg.query_tokens}"] = {"eager_ms": eager_ms, "graph_or_eager_path_ms": graph_ms}
-            log(f"(a') query forward {n}x{cfg.query_tokens}: eager {eager_ms:.2f} ms, server path {graph_ms:.2f} ms")
+            queries[f"{n}x{cfg.query_tokens}"] = {"eager_ms": eager_ms, "compiled_ms": compiled_ms,
+                                                  "graph_or_eager_path_ms": graph_ms}
+            log(f"(a') query forward {n}x{cfg.query_tokens}: eager {eager_ms:.2f} ms, compiled {compiled_ms:.2f} ms, "
+                f"server path (graph) {graph_ms:.2f} ms")
+    set_compiled(True)
     ceiling = max((r.get("compiled_tokens_per_s", r["eager_tokens_per_s"]) for r in rows[:1]), default=0.0)
     del decoder, model
     _free()
@@ -468,7 +484,7 @@ def bench_server(model_dir: Path, cfg: Config, corpus: list[str], lengths: np.nd
                  rng: random.Random, query_texts: list[str], log_path: Path,
                  extra_args: Sequence[str] = ()) -> dict[str, Any]:
     batches = [corpus[i : i + cfg.client_batch] for i in range(0, len(corpus), cfg.client_batch)]
-    server_args = [*cfg.server_args, *extra_args]
+    server_args = [*cfg.server_args, *extra_args, *_cache_args(cfg, log_path)]
     result: dict[str, Any] = {"server_args": server_args, "concurrency": cfg.concurrency,
                               "client_batch": cfg.client_batch}
     launched = time.perf_counter()
@@ -508,10 +524,18 @@ def bench_server(model_dir: Path, cfg: Config, corpus: list[str], lengths: np.nd
     return result
 
 
+def _cache_args(cfg: Config, log_path: Path) -> list[str]:
+    """A fresh inductor cache per shape, so the first server start compiles cold and (w) restarts warm."""
+    if "--compile-cache-dir" in cfg.server_args:
+        return []
+    return ["--compile-cache-dir", str(Path(tempfile.gettempdir()) / f"bench-inductor-{log_path.stem.split('_')[1]}")]
+
+
 def bench_warm_restart(model_dir: Path, cfg: Config, log_path: Path) -> dict[str, Any]:
     """(w) a second start of the server: the inductor cache on disk makes the compilation warm."""
     launched = time.perf_counter()
-    with rag_serve("embed", model_dir, device=cfg.device, extra_args=cfg.server_args, log_path=log_path,
+    args = [*cfg.server_args, *_cache_args(cfg, log_path)]
+    with rag_serve("embed", model_dir, device=cfg.device, extra_args=args, log_path=log_path,
                    startup_timeout_s=300) as base:
         healthy = time.perf_counter() - launched
         acceleration = wait_accelerated(base, 600)
@@ -829,7 +853,8 @@ def markdown(results: dict[str, Any]) -> str:
                          f"{row['eager_tokens_per_s']:,.0f} | |")
         for name, q in acc.get("queries", {}).items():
             lines.append(f"| {shape} | (a') one forward of {name} tokens | | eager {q['eager_ms']:.2f} ms, "
-                         f"CUDA graph {q['graph_or_eager_path_ms']:.2f} ms |")
+                         f"compiled {q.get('compiled_ms', float('nan')):.2f} ms, server path (CUDA graph) "
+                         f"{q['graph_or_eager_path_ms']:.2f} ms |")
         if acc.get("acceleration"):
             a = acc["acceleration"]
             lines.append(f"| {shape} | (a') warm-up of the fast path | | graphs {a.get('graphs')} "

@@ -66,6 +66,11 @@ class ShapeResult:
     latency_p99_s: float = 0.0
     peak_gpu_mib: float | None = None
     fraction_of_ceiling: float = 0.0
+    compiled_ceiling_tokens_per_s: float = 0.0
+    fraction_of_compiled_ceiling: float = 0.0
+    acceleration: dict[str, Any] = field(default_factory=dict)
+    accelerated_after_s: float = 0.0
+    unloaded_100_doc_p50_s: float = 0.0
     notes: list[str] = field(default_factory=list)
 
 
@@ -116,6 +121,44 @@ def mean_pair_tokens(tokenizer: Any, workload: list[dict[str, Any]]) -> float:
 
 
 # ---------------------------------------------------------------------------------------------- ceiling
+def measure_compiled_ceiling(model: Any, seq_len: int, batch: int, device: str, dtype: str, seconds: float,
+                             max_length: int) -> tuple[float, dict[str, Any]]:
+    """The server's own forward (:class:`LastTokenDecoder` over the decoder + yes/no head rows), compiled,
+    on the same equal-length batches; returns (tokens/s, acceleration info)."""
+    import torch
+
+    from servers.backends.accelerated import AccelerationSettings, LastTokenDecoder
+    from servers.backends.device import choose_placement
+    from servers.backends.rerank import ScoreHead
+
+    placement = choose_placement(device, dtype, "sdpa")
+    head = ScoreHead.from_layer(model.get_output_embeddings(), placement.device, (2152, 9693))
+    decoder = LastTokenDecoder(model.model, placement, 151643, head.raw,
+                               AccelerationSettings(cuda_graphs="off", compile_cache_dir=tempfile.mkdtemp()),
+                               max_length, name="rerank-bench")
+    decoder.start()
+    decoder.wait(900)
+    ids = torch.randint(0, 150000, (batch, seq_len), device=device)
+    last = torch.full((batch,), seq_len - 1, dtype=torch.long, device=device)
+    with torch.inference_mode():
+        for _ in range(2):
+            decoder._pooled(ids, last)
+        torch.cuda.synchronize() if device.startswith("cuda") else None
+        runs, started = 0, time.perf_counter()
+        while True:
+            decoder._pooled(ids, last)
+            runs += 1
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            elapsed = time.perf_counter() - started
+            if elapsed >= seconds and runs >= 3:
+                break
+    info = decoder.info()
+    for layer in decoder._compiled_layers:
+        layer.enabled.clear()
+    return runs * batch * seq_len / elapsed, info
+
+
 def measure_ceiling(model: Any, seq_len: int, batch: int, device: str, seconds: float) -> tuple[float, float]:
     """HF forward (``logits_to_keep=1``) on equal-length full batches; returns (tokens/s, pairs/s)."""
     import torch
@@ -255,17 +298,29 @@ def run_shape(args: argparse.Namespace, shape: str, dtype: str, tokenizer_dir: P
         model, seq_len, batch, args.device, args.ceiling_seconds
     )
     log(f"[{shape}] ceiling {result.ceiling_tokens_per_s:,.0f} tokens/s, {result.ceiling_pairs_per_s:,.0f} pairs/s")
+    if args.device.startswith("cuda"):
+        result.compiled_ceiling_tokens_per_s, info = measure_compiled_ceiling(
+            model, seq_len, batch, args.device, dtype, args.ceiling_seconds, 8192)
+        log(f"[{shape}] compiled ceiling {result.compiled_ceiling_tokens_per_s:,.0f} tokens/s ({info})")
     del model
     if args.device.startswith("cuda"):
         torch.cuda.empty_cache()
 
     extra = ["--dtype", dtype, "--max-batch-tokens", str(args.max_batch_tokens)]
     log(f"[{shape}] starting rag-serve rerank on {args.device} ({' '.join(extra)})")
+    from bench.embed_throughput import wait_accelerated
+
+    launched = time.perf_counter()
     with rag_serve("rerank", model_dir, device=args.device, extra_args=extra,
                    log_path=work / f"rag-serve-rerank-{shape}.log") as base:
-        log(f"[{shape}] server up at {base}; warm-up, then {args.requests} requests x {args.docs} docs, "
-            f"{args.concurrency} concurrent")
+        result.acceleration = wait_accelerated(base, 600)
+        result.accelerated_after_s = round(time.perf_counter() - launched, 1)
+        log(f"[{shape}] server up at {base}, accelerated after {result.accelerated_after_s}s ({result.acceleration}); "
+            f"warm-up, then {args.requests} requests x {args.docs} docs, {args.concurrency} concurrent")
         asyncio.run(load_test(base, warm, min(2, args.concurrency)))
+        alone = asyncio.run(load_test(base, workload[:8], 1))
+        result.unloaded_100_doc_p50_s = alone["p50"]
+        log(f"[{shape}] unloaded {args.docs}-document request p50 {alone['p50']:.3f}s")
         poller = GpuMemoryPoller() if args.device.startswith("cuda") else None
         if poller is not None:
             with poller:
@@ -279,6 +334,8 @@ def run_shape(args: argparse.Namespace, shape: str, dtype: str, tokenizer_dir: P
     result.latency_p50_s = stats["p50"]
     result.latency_p99_s = stats["p99"]
     result.fraction_of_ceiling = result.server_tokens_per_s / max(result.ceiling_tokens_per_s, 1e-9)
+    if result.compiled_ceiling_tokens_per_s:
+        result.fraction_of_compiled_ceiling = result.server_tokens_per_s / result.compiled_ceiling_tokens_per_s
     log(f"[{shape}] server {result.server_pairs_per_s:,.0f} pairs/s, {result.server_tokens_per_s:,.0f} tokens/s, "
         f"p50 {result.latency_p50_s:.3f}s p99 {result.latency_p99_s:.3f}s, peak GPU {result.peak_gpu_mib} MiB")
     shutil.rmtree(model_dir, ignore_errors=True)
@@ -291,16 +348,18 @@ def markdown(results: list[ShapeResult], meta: dict[str, Any]) -> str:
         f"(query {meta['query_tokens']} tokens, docs {meta['doc_min']}-{meta['doc_max']} tokens), "
         f"{meta['concurrency']} concurrent, max_batch_tokens {meta['max_batch_tokens']}",
         "",
-        "| shape | dtype | mean pair tokens | ceiling tokens/s | ceiling pairs/s | server tokens/s | server pairs/s "
-        "| % of ceiling | p50 latency s | p99 latency s | peak GPU MiB |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| shape | dtype | mean pair tokens | eager ceiling tokens/s | compiled ceiling tokens/s | server tokens/s "
+        "| server pairs/s | % of eager | % of compiled | p50 s (16 concurrent) | p99 s | unloaded 100-doc p50 s "
+        "| peak GPU MiB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         peak = f"{r.peak_gpu_mib:,.0f}" if r.peak_gpu_mib is not None else "n/a"
         lines.append(
             f"| {r.shape} | {r.dtype} | {r.pair_tokens_mean:.0f} | {r.ceiling_tokens_per_s:,.0f} | "
-            f"{r.ceiling_pairs_per_s:,.0f} | {r.server_tokens_per_s:,.0f} | {r.server_pairs_per_s:,.0f} | "
-            f"{100 * r.fraction_of_ceiling:.0f}% | {r.latency_p50_s:.3f} | {r.latency_p99_s:.3f} | {peak} |"
+            f"{r.compiled_ceiling_tokens_per_s:,.0f} | {r.server_tokens_per_s:,.0f} | {r.server_pairs_per_s:,.0f} | "
+            f"{100 * r.fraction_of_ceiling:.0f}% | {100 * r.fraction_of_compiled_ceiling:.0f}% | "
+            f"{r.latency_p50_s:.3f} | {r.latency_p99_s:.3f} | {r.unloaded_100_doc_p50_s:.3f} | {peak} |"
         )
     return "\n".join(lines) + "\n"
 

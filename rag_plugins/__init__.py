@@ -18,6 +18,8 @@ _LAZY = {
     "EmbeddingClient": "rag_plugins.embedding_client",
     "RerankClient": "rag_plugins.rerank_client",
     "ServiceClient": "rag_plugins.http",
+    "from_stack": "rag_plugins.stack",
+    "StackClients": "rag_plugins.stack",
 }
 
 

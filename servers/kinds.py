@@ -22,8 +22,8 @@ COMMON_SETTINGS: frozenset[str] = frozenset({
     "model", "served_model_name", "device", "dtype", "attention", "host", "port", "api_keys", "max_length",
     "max_batch_tokens", "max_batch_size", "max_wait_ms", "max_queue_items", "max_client_batch", "max_body_bytes",
     "bulk_workers", "priority_max_items", "priority_max_tokens", "tokenizer_threads", "retry_after_s",
-    "instruction", "log_level", "warmup", "cuda_graphs", "compile", "cuda_graph_max_batch", "cuda_graph_max_length",
-    "compile_cache_dir",
+    "instruction", "log_level", "warmup", "drain_grace_s", "cuda_graphs", "compile", "cuda_graph_max_batch",
+    "cuda_graph_max_length", "compile_cache_dir",
 })
 #: Settings of servers that take images (sources, checks, the model's pixel range).
 IMAGE_SETTINGS: frozenset[str] = frozenset({

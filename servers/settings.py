@@ -58,6 +58,8 @@ class ServerSettings:
     instruction: str | None = None
     log_level: str = "info"
     warmup: bool = True
+    #: Seconds a SIGTERM'd server keeps finishing accepted work (new work gets 503) before it exits anyway.
+    drain_grace_s: float = 30.0
     # Multimodal embedding server (mm-embed): image sources, image checks, model pixel range.
     image_root: tuple[str, ...] = ()
     allow_url_images: bool = False
@@ -106,6 +108,8 @@ class ServerSettings:
             problems.append("min_pixels must be <= max_pixels")
         if self.url_timeout_s <= 0:
             problems.append("url_timeout_s must be > 0")
+        if self.drain_grace_s < 0:
+            problems.append("drain_grace_s must be >= 0")
         if self.max_wait_ms < 0:
             problems.append("max_wait_ms must be >= 0")
         if problems:
@@ -172,12 +176,73 @@ def settings_from_env(environ: Mapping[str, str] | None = None, **explicit: Any)
     return ServerSettings(**values)
 
 
+@dataclass(frozen=True)
+class SupervisorSettings:
+    """Restart policy of the supervisor ``rag-serve up`` keeps per stack.
+
+    Read from defaults, then the stack file's ``supervisor:`` mapping, then ``RAG_SERVE_<FIELD>``
+    variables, then ``rag-serve up`` flags (see :func:`supervisor_settings`).
+    """
+
+    #: Restarts in a row without the server staying healthy for ``stable_s`` before the supervisor gives up.
+    max_restarts: int = 5
+    backoff_initial_s: float = 1.0
+    backoff_max_s: float = 60.0
+    health_interval_s: float = 2.0
+    #: Failed /health checks in a row (of a server that was healthy) before it is killed and restarted.
+    health_failures: int = 3
+    health_timeout_s: float = 2.0
+    #: A server not healthy this long after its start is killed and restarted (model loading included).
+    start_timeout_s: float = 600.0
+    #: Healthy this long: the crash-loop counter and the backoff start again from zero.
+    stable_s: float = 60.0
+    #: ``down``: seconds each server gets to drain after SIGTERM before SIGKILL.
+    stop_grace_s: float = 40.0
+
+    def __post_init__(self) -> None:
+        problems = [f"{f.name} must be > 0" for f in fields(self) if getattr(self, f.name) <= 0
+                    and f.name != "max_restarts"]
+        if self.max_restarts < 0:
+            problems.append("max_restarts must be >= 0")
+        if problems:
+            raise ValueError("invalid supervisor settings: " + "; ".join(problems))
+
+    def backoff_s(self, failures: int) -> float:
+        """Seconds before restart number ``failures`` (1-based) of a crash loop: doubling, capped."""
+        return float(min(self.backoff_max_s, self.backoff_initial_s * 2 ** max(0, failures - 1)))
+
+
+def supervisor_settings(
+    from_file: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None, **explicit: Any
+) -> SupervisorSettings:
+    """Build supervisor settings: defaults < stack file ``supervisor:`` < ``RAG_SERVE_*`` < ``explicit``.
+
+    Raises:
+        ValueError: an unknown key in the file, or a value out of range.
+    """
+    hints = get_type_hints(SupervisorSettings)
+    names = {f.name for f in fields(SupervisorSettings)}
+    values: dict[str, Any] = {}
+    for key, value in (from_file or {}).items():
+        if key not in names:
+            raise ValueError(f"unknown supervisor setting {key!r}; known: {', '.join(sorted(names))}")
+        values[key] = value
+    env = os.environ if environ is None else environ
+    for name in names:
+        if env_var_name(name) in env:
+            values[name] = _parse_value(env[env_var_name(name)], hints[name])
+    values.update({k: v for k, v in explicit.items() if v is not None})
+    return SupervisorSettings(**values)
+
+
 __all__ = [
     "ENV_PREFIX",
     "SERVER_KINDS",
     "ServerKind",
     "ServerSettings",
+    "SupervisorSettings",
     "env_overrides",
     "env_var_name",
     "settings_from_env",
+    "supervisor_settings",
 ]

@@ -106,72 +106,67 @@ QWEN2_5_VL_SHAPES: dict[str, dict[str, Any]] = {
 }
 
 
-def qwen2_5_vl_config(shape: str, *, tie_word_embeddings: bool = False, **overrides: Any) -> Any:
-    """A ``Qwen2_5_VLConfig`` with the real vocabulary size and vision/special-token ids, at the named shape."""
-    from transformers import Qwen2_5_VLConfig
+def _vision_language_config(
+    config_class: str, spec: dict[str, Any], *, architecture: str, tie_word_embeddings: bool, eos_token_id: int,
+    rope: dict[str, Any], vision: dict[str, Any], overrides: dict[str, Any],
+) -> Any:
+    """A Qwen-VL config (``config_class`` of transformers) with the real vocabulary and special-token ids.
 
-    spec = QWEN2_5_VL_SHAPES[shape]
+    Args:
+        spec: ``{"text": {... "mrope_section"}, "vision": {...}}`` of one shape.
+        rope: RoPE parameters besides ``mrope_section`` (theta, interleaving).
+        vision: Vision-config values besides the shape's own (patch size, out size, activation ...).
+    """
+    import transformers
+
     text = dict(spec["text"])
     mrope = text.pop("mrope_section")
     values: dict[str, Any] = dict(
         text_config=dict(
             vocab_size=QWEN2_VL_VOCAB_SIZE, rms_norm_eps=1e-6, tie_word_embeddings=tie_word_embeddings,
-            rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0, "mrope_section": mrope},
-            bos_token_id=ENDOFTEXT_ID, eos_token_id=IM_END_ID, pad_token_id=ENDOFTEXT_ID, **text,
+            rope_parameters={"rope_type": "default", **rope, "mrope_section": mrope},
+            bos_token_id=ENDOFTEXT_ID, eos_token_id=eos_token_id, pad_token_id=ENDOFTEXT_ID, **text,
         ),
-        vision_config=dict(out_hidden_size=text["hidden_size"], patch_size=14, spatial_merge_size=2,
-                           temporal_patch_size=2, in_channels=3, tokens_per_second=2, hidden_act="silu",
-                           **spec["vision"]),
+        vision_config=dict(spatial_merge_size=2, temporal_patch_size=2, in_channels=3, **vision, **spec["vision"]),
         image_token_id=151655, video_token_id=151656, vision_start_token_id=151652, vision_end_token_id=151653,
-        architectures=["Qwen2_5_VLForConditionalGeneration"], tie_word_embeddings=tie_word_embeddings,
+        architectures=[architecture], tie_word_embeddings=tie_word_embeddings,
     )
     values.update(overrides)
-    return Qwen2_5_VLConfig(**values)
+    return getattr(transformers, config_class)(**values)
+
+
+def qwen2_5_vl_config(shape: str, *, tie_word_embeddings: bool = False, **overrides: Any) -> Any:
+    """A ``Qwen2_5_VLConfig`` (Lychee-Rerank-MM's architecture) at the named shape."""
+    spec = QWEN2_5_VL_SHAPES[shape]
+    return _vision_language_config(
+        "Qwen2_5_VLConfig", spec, architecture="Qwen2_5_VLForConditionalGeneration",
+        tie_word_embeddings=tie_word_embeddings, eos_token_id=IM_END_ID, rope={"rope_theta": 1_000_000.0},
+        vision=dict(out_hidden_size=spec["text"]["hidden_size"], patch_size=14, tokens_per_second=2,
+                    hidden_act="silu"),
+        overrides=overrides,
+    )
 
 
 def qwen2_vl_config(shape: str, *, tie_word_embeddings: bool = True, **overrides: Any) -> Any:
-    """A ``Qwen2VLConfig`` with the real vocabulary size and vision/special-token ids, at the named shape."""
-    from transformers import Qwen2VLConfig
-
+    """A ``Qwen2VLConfig`` (GME-Qwen2-VL's architecture) at the named shape."""
     spec = QWEN2_VL_SHAPES[shape]
-    text = dict(spec["text"])
-    mrope = text.pop("mrope_section")
-    values: dict[str, Any] = dict(
-        text_config=dict(
-            vocab_size=QWEN2_VL_VOCAB_SIZE, rms_norm_eps=1e-6, tie_word_embeddings=tie_word_embeddings,
-            rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0, "mrope_section": mrope},
-            bos_token_id=ENDOFTEXT_ID, eos_token_id=ENDOFTEXT_ID, pad_token_id=ENDOFTEXT_ID, **text,
-        ),
-        vision_config=dict(hidden_size=text["hidden_size"], patch_size=14, spatial_merge_size=2,
-                           temporal_patch_size=2, in_channels=3, **spec["vision"]),
-        image_token_id=151655, video_token_id=151656, vision_start_token_id=151652, vision_end_token_id=151653,
-        architectures=["Qwen2VLForConditionalGeneration"], tie_word_embeddings=tie_word_embeddings,
+    return _vision_language_config(
+        "Qwen2VLConfig", spec, architecture="Qwen2VLForConditionalGeneration",
+        tie_word_embeddings=tie_word_embeddings, eos_token_id=ENDOFTEXT_ID, rope={"rope_theta": 1_000_000.0},
+        vision=dict(hidden_size=spec["text"]["hidden_size"], patch_size=14), overrides=overrides,
     )
-    values.update(overrides)
-    return Qwen2VLConfig(**values)
 
 
 def qwen3_vl_config(shape: str, *, tie_word_embeddings: bool = True, **overrides: Any) -> Any:
-    """A ``Qwen3VLConfig`` with the real vocabulary size, special-token ids and RoPE, at the named shape."""
-    from transformers import Qwen3VLConfig
-
+    """A ``Qwen3VLConfig`` (interleaved M-RoPE, deepstack vision tower) at the named shape."""
     spec = QWEN3_VL_SHAPES[shape]
-    text = dict(spec["text"])
-    mrope = text.pop("mrope_section")
-    values: dict[str, Any] = dict(
-        text_config=dict(
-            vocab_size=QWEN2_VL_VOCAB_SIZE, rms_norm_eps=1e-6, tie_word_embeddings=tie_word_embeddings,
-            rope_parameters={"rope_type": "default", "rope_theta": 5_000_000.0, "mrope_section": mrope,
-                             "mrope_interleaved": True},
-            bos_token_id=ENDOFTEXT_ID, eos_token_id=IM_END_ID, pad_token_id=ENDOFTEXT_ID, **text,
-        ),
-        vision_config=dict(out_hidden_size=text["hidden_size"], patch_size=16, spatial_merge_size=2,
-                           temporal_patch_size=2, in_channels=3, hidden_act="gelu_pytorch_tanh", **spec["vision"]),
-        image_token_id=151655, video_token_id=151656, vision_start_token_id=151652, vision_end_token_id=151653,
-        architectures=["Qwen3VLForConditionalGeneration"], tie_word_embeddings=tie_word_embeddings,
+    return _vision_language_config(
+        "Qwen3VLConfig", spec, architecture="Qwen3VLForConditionalGeneration",
+        tie_word_embeddings=tie_word_embeddings, eos_token_id=IM_END_ID,
+        rope={"rope_theta": 5_000_000.0, "mrope_interleaved": True},
+        vision=dict(out_hidden_size=spec["text"]["hidden_size"], patch_size=16, hidden_act="gelu_pytorch_tanh"),
+        overrides=overrides,
     )
-    values.update(overrides)
-    return Qwen3VLConfig(**values)
 
 
 def build_random_model(model_class: Any, config: Any, *, device: str = "cpu", dtype: str = "float32",

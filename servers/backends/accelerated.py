@@ -13,9 +13,13 @@ rerankers) runs its batches through :class:`LastTokenDecoder`:
   bucket — batch 1, 2, 4 … ``--cuda-graph-max-batch``, length 32, 64 … ``--cuda-graph-max-length`` —
   captured from the eager forward in a background thread after start-up (so Pascal cards without Triton
   get them too), all buckets sharing one memory pool. A replay launches the whole forward at once;
-* **compilation** (``--compile``): for the bulk lane, ``torch.compile`` of the same forward with dynamic
-  batch and length (one compiled graph for every shape, no bucket padding), compiled in the background
-  with the inductor cache on disk (a restart is warm). Needs Triton (compute capability >= 7.0);
+* **compilation** (``--compile``): regional ``torch.compile`` of the decoder *layer* with dynamic batch and
+  length (the layers share one compiled graph, so compiling costs one layer, and every shape runs without
+  bucket padding), compiled and warmed in the background with the inductor cache on disk (a restart is
+  warm), then swapped into every layer at once. Between layers the forward stays Python, so the
+  priority gate (:class:`~servers.backends.torch_runtime.PriorityGate`) still pauses bulk work for a query.
+  Once compiled, the graphs are captured again from the compiled layers (fewer, fused kernels per query).
+  Needs Triton (compute capability >= 7.0);
 * until a bucket is captured or the compilation is done, that work runs eager: start-up is never blocked.
 
 The graph/compiled output is the head's: pooled hidden states (embedders) or raw yes/no scores (rerankers),
@@ -24,6 +28,7 @@ float32, ``(n, out)``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -40,6 +45,9 @@ logger = logging.getLogger(__name__)
 
 #: Smallest length bucket: queries with an instruction prefix are rarely shorter.
 MIN_GRAPH_LENGTH = 32
+#: Largest bucket in tokens (batch x length): the shared graph pool is sized by the largest bucket, and
+#: search queries are short; a longer priority batch runs on the compiled or eager path instead.
+MAX_GRAPH_TOKENS = 1024
 #: Where inductor's compiled kernels are kept between runs unless ``--compile-cache-dir`` says otherwise.
 DEFAULT_COMPILE_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "rag-plugins", "inductor")
 
@@ -82,10 +90,43 @@ def triton_available() -> bool:
 
 
 def graph_buckets(max_batch: int, max_length: int) -> list[tuple[int, int]]:
-    """The (batch, length) buckets: powers of two from 1 to ``max_batch`` x from 32 to ``max_length``."""
+    """The (batch, length) buckets: powers of two from 1 to ``max_batch`` x from 32 to ``max_length``, at most
+    :data:`MAX_GRAPH_TOKENS` tokens each (sorted by batch, then length)."""
     batches = [b for b in (2**i for i in range(16)) if b <= max(1, max_batch)]
     lengths = [n for n in (MIN_GRAPH_LENGTH * 2**i for i in range(16)) if n <= max(MIN_GRAPH_LENGTH, max_length)]
-    return [(b, n) for b in batches for n in lengths]
+    return [(b, n) for b in batches for n in lengths if b * n <= max(MAX_GRAPH_TOKENS, MIN_GRAPH_LENGTH)]
+
+
+def decoder_layers(model: Any) -> list[Any]:
+    """The model's longest ``ModuleList`` (its stack of decoder layers), or [] when it has none."""
+    stacks: list[torch.nn.ModuleList] = [m for m in model.modules() if isinstance(m, torch.nn.ModuleList) and len(m) > 1]
+    if not stacks:
+        return []
+    longest = max(stacks, key=lambda m: len(list(m.children())))
+    return list(longest.children())
+
+
+class _LayerForward:
+    """A layer's ``forward`` that runs the compiled one once it is switched on, else the eager one.
+
+    The compiled callable is shared by every layer (same code, parameters as inputs); a call that would
+    recompile (a shape the warm-up did not cover) raises under the ``fail_on_recompile`` stance and that
+    layer runs eager instead, so a serving thread never stalls on the compiler.
+    """
+
+    def __init__(self, eager: Callable[..., Any], compiled: Callable[..., Any]) -> None:
+        self.eager = eager
+        self.compiled = compiled
+        self.enabled = threading.Event()
+        self.failures = 0
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self.enabled.is_set():
+            try:
+                return self.compiled(*args, **kwargs)
+            except Exception:
+                self.failures += 1
+        return self.eager(*args, **kwargs)
 
 
 def right_padded(batch: Sequence[Sequence[int]], pad_id: int, rows: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -105,11 +146,12 @@ class _GraphBucket:
     """One captured forward of a fixed (batch, length): static input buffers and a static output."""
 
     def __init__(self, run: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], rows: int, length: int,
-                 pad_id: int, device: torch.device, pool: Any) -> None:
+                 pad_id: int, device: torch.device, pool: Any, side: Any) -> None:
         self.rows, self.length = rows, length
         self.ids = torch.full((rows, length), pad_id, dtype=torch.long, device=device)
         self.last = torch.zeros(rows, dtype=torch.long, device=device)
-        side = torch.cuda.Stream(device=device)
+        # One capture stream for every bucket: the caching allocator reuses a freed block only on the stream
+        # that allocated it, so per-bucket streams would grow the shared pool by every bucket's peak.
         side.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(side):
             for _ in range(2):  # warm-up outside the capture: cuBLAS handles, lazy inits, allocator
@@ -164,7 +206,7 @@ class LastTokenDecoder:
         )
         self._graphs: dict[tuple[int, int], _GraphBucket] = {}
         self._graph_lock = threading.Lock()  # a priority forward and a capture never overlap
-        self._compiled: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+        self._compiled_layers: list[_LayerForward] = []
         self._thread: threading.Thread | None = None
         self._stats: dict[str, Any] = {
             "graphs": "off" if not self.graphs_enabled else "pending",
@@ -200,14 +242,6 @@ class LastTokenDecoder:
         ids, last = right_padded(batch, self.pad_id, n, length)
         if device.type == "cuda":
             ids, last = ids.pin_memory().to(device, non_blocking=True), last.pin_memory().to(device, non_blocking=True)
-        compiled = self._compiled
-        # Batches of one would make dynamo specialise the batch dimension (a recompile): those run eager.
-        if compiled is not None and n > 1:
-            try:
-                return compiled(ids, last)
-            except Exception as exc:  # a guard failure that would recompile, or a compiler bug: eager it is
-                logger.warning("%s: compiled forward failed for shape (%d, %d) (%s); running eager",
-                               self.name, n, length, type(exc).__name__)
         if lane == "priority" and self._graphs:
             with self._graph_lock:
                 return self._pooled(ids, last)
@@ -234,63 +268,130 @@ class LastTokenDecoder:
         try:
             with torch.cuda.device(device):
                 if self.graphs_enabled:
-                    self._capture_graphs()
-                if self.compile_enabled:
-                    self._compile()
+                    self._capture_graphs("eager")
+                if self.compile_enabled and self._compile() and self.graphs_enabled:
+                    self._capture_graphs("compiled")  # the same buckets again, from the fused kernels
         except Exception:  # never take the server down: it keeps serving eager
             logger.exception("%s: acceleration failed; serving eager", self.name)
 
-    def _capture_graphs(self) -> None:
+    def _capture_graphs(self, source: str) -> None:
         device = self.placement.device
-        self._stats["graphs"] = "capturing"
+        self._stats["graphs"] = "capturing" if source == "eager" else "ready (recapturing from compiled layers)"
         started = time.perf_counter()
+        torch.cuda.synchronize(device)
         reserved_before = torch.cuda.memory_reserved(device)
         pool = torch.cuda.graph_pool_handle()
+        side = torch.cuda.Stream(device=device)
+        captured: dict[tuple[int, int], _GraphBucket] = {}
         failed = 0
-        # Longest first: the shared pool is sized by the largest bucket once, the rest fit inside it.
+        # Largest first: the shared pool is sized by the largest bucket once, the rest fit inside it.
         for key in sorted(self._buckets, key=lambda k: k[0] * k[1], reverse=True):
             try:
                 with self._graph_lock:
-                    self._graphs[key] = _GraphBucket(self._pooled, key[0], key[1], self.pad_id, device, pool)
+                    captured[key] = _GraphBucket(self._pooled, key[0], key[1], self.pad_id, device, pool, side)
+                    if source == "eager":
+                        self._graphs[key] = captured[key]
             except Exception as exc:
                 failed += 1
                 logger.warning("%s: CUDA graph capture of bucket %s failed (%s)", self.name, key, exc)
+        if source != "eager":
+            with self._graph_lock:
+                self._graphs = captured  # the eager graphs' pool is freed with them
         seconds = time.perf_counter() - started
-        pool_bytes = torch.cuda.memory_reserved(device) - reserved_before
+        torch.cuda.synchronize(device)
+        pool_bytes = max(0, torch.cuda.memory_reserved(device) - reserved_before)
         self._stats.update(
-            graphs="ready" if self._graphs else "failed", graph_buckets=sorted(self._graphs),
+            graphs="ready" if self._graphs else "failed", graph_source=source, graph_buckets=sorted(self._graphs),
             graph_capture_s=round(seconds, 2), graph_pool_bytes=int(pool_bytes), graph_failures=failed,
         )
-        logger.info("%s: captured %d CUDA graphs in %.1fs (%.0f MiB pool)", self.name, len(self._graphs), seconds,
-                    pool_bytes / 2**20)
+        logger.info("%s: captured %d CUDA graphs from the %s forward in %.1fs (%.0f MiB pool)", self.name,
+                    len(captured), source, seconds, pool_bytes / 2**20)
 
-    def _compile(self) -> None:
+    def _compile(self) -> bool:
+        """Compile the decoder layer (regional compilation), warm it on the shapes serving will use, switch
+        every layer to it. Returns whether it is on."""
         device = self.placement.device
-        cache = self.acceleration.compile_cache_dir or DEFAULT_COMPILE_CACHE
+        layers = decoder_layers(self.decoder)
+        if not layers:
+            self._stats["compile"] = "off (no layer stack found)"
+            return False
+        # --compile-cache-dir wins; without it an inherited TORCHINDUCTOR_CACHE_DIR does, then our default.
+        if self.acceleration.compile_cache_dir:
+            os.environ["TORCHINDUCTOR_CACHE_DIR"] = self.acceleration.compile_cache_dir
+        cache = os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", DEFAULT_COMPILE_CACHE)
         os.makedirs(cache, exist_ok=True)
-        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", cache)
         import torch._dynamo
 
         torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+        # A process that compiles a second model (tests, benchmarks) must be allowed to compile again.
+        with contextlib.suppress(Exception):
+            torch.compiler.set_stance("default")
         self._stats["compile"] = "compiling"
         started = time.perf_counter()
-        compiled = torch.compile(self._pooled, dynamic=True)
-        # Two shapes of batch >= 2 exercise the dynamic graph (and catch a specialisation early).
+        compiled = torch.compile(type(layers[0]).forward, dynamic=True)
+        wrappers = []
+        for layer in layers:
+            eager = layer.forward
+            wrapper = _LayerForward(eager, lambda *a, _layer=layer, **k: compiled(_layer, *a, **k))
+            layer.forward = wrapper
+            wrappers.append(wrapper)
+        # Warm in this thread only (thread-local switch): batch 1 specialises, batch >= 2 is dynamic.
+        warm = _ThreadLocalSwitch(wrappers)
         stream = torch.cuda.Stream(device=device)
-        with torch.cuda.stream(stream):
-            for rows, length in ((4, 64), (3, 200)):
+        with warm, torch.cuda.stream(stream):
+            for rows, length in ((4, 64), (3, 200), (1, 64), (1, 300), (2, 32)):
                 ids = torch.full((rows, length), self.pad_id, dtype=torch.long, device=device)
                 last = torch.full((rows,), length - 1, dtype=torch.long, device=device)
-                compiled(ids, last)
+                self._pooled(ids, last)
         stream.synchronize()
-        self._compiled = compiled
+        try:
+            torch.compiler.set_stance("fail_on_recompile")
+        except Exception:  # older torch: a rare recompile then happens in the serving thread
+            logger.info("%s: torch has no fail_on_recompile stance", self.name)
+        for wrapper in wrappers:
+            wrapper.enabled.set()
+        self._compiled_layers = wrappers
         seconds = time.perf_counter() - started
-        self._stats.update(compile="ready", compile_s=round(seconds, 1), compile_cache_dir=cache)
-        logger.info("%s: compiled forward ready in %.1fs (cache %s)", self.name, seconds, cache)
+        self._stats.update(compile="ready", compile_s=round(seconds, 1), compile_cache_dir=cache,
+                           compiled_layers=len(wrappers))
+        logger.info("%s: compiled decoder layer ready in %.1fs for %d layers (cache %s)", self.name, seconds,
+                    len(wrappers), cache)
+        return True
 
     def info(self) -> dict[str, Any]:
         """Acceleration state for ``/info``: requested modes, what is ready, warm-up times, graph memory."""
+        failures = sum(w.failures for w in self._compiled_layers)
         return {
             "cuda_graphs_setting": self.acceleration.cuda_graphs, "compile_setting": self.acceleration.compile,
             "graph_buckets_planned": len(self._buckets), **self._stats,
+            **({"compiled_layer_fallbacks": failures} if self._compiled_layers else {}),
         }
+
+
+class _ThreadLocalSwitch:
+    """Turns compiled layers on for the calling thread only (the background warm-up), by swapping each
+    wrapper's switch for a thread-local one for the duration of the ``with`` block."""
+
+    def __init__(self, wrappers: list[_LayerForward]) -> None:
+        self.wrappers = wrappers
+        self._saved: list[threading.Event] = []
+
+    def __enter__(self) -> None:
+        me = threading.get_ident()
+        self._saved = [w.enabled for w in self.wrappers]
+        for w in self.wrappers:
+            w.enabled = _OnlyFor(me)  # type: ignore[assignment]
+
+    def __exit__(self, *exc: object) -> None:
+        for w, event in zip(self.wrappers, self._saved, strict=True):
+            w.enabled = event
+
+
+class _OnlyFor:
+    """An ``is_set()`` that is true in one thread."""
+
+    def __init__(self, ident: int) -> None:
+        self.ident = ident
+
+    def is_set(self) -> bool:
+        return threading.get_ident() == self.ident

@@ -297,7 +297,8 @@ class QwenVLEmbedder:
     # --------------------------------------------------------------------------------------------- forward
     def forward(self, batch: list[PreparedInput], lane: str) -> np.ndarray:
         """Embed a batch. Returns float32 (n, dim), not normalised."""
-        return self.launch(batch, lane).result()
+        with self._streams.hold(lane):
+            return self.launch(batch, lane).result()
 
     @torch.inference_mode()
     def launch(self, batch: list[PreparedInput], lane: str) -> HostResult:

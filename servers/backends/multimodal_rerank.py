@@ -226,7 +226,8 @@ class QwenVLPairScorer:
     # --------------------------------------------------------------------------------------------- forward
     def forward(self, batch: list[PreparedPair], lane: str) -> np.ndarray:
         """Raw scores (``logit_yes - logit_no``) of a batch. Returns float32 (n,)."""
-        return self.launch(batch, lane).result()
+        with self._streams.hold(lane):
+            return self.launch(batch, lane).result()
 
     @torch.inference_mode()
     def launch(self, batch: list[PreparedPair], lane: str) -> HostResult:

@@ -177,7 +177,8 @@ class DecoderPairScorer:
 
     def forward(self, batch: list[EncodedInput], lane: str) -> np.ndarray:
         """Raw scores of a batch. Returns float32 (n,)."""
-        return self.launch(batch, lane).result()
+        with self._streams.hold(lane):
+            return self.launch(batch, lane).result()
 
     @torch.inference_mode()
     def launch(self, batch: list[EncodedInput], lane: str) -> HostResult:
@@ -237,7 +238,8 @@ class CrossEncoderPairScorer:
 
     def forward(self, batch: list[EncodedInput], lane: str) -> np.ndarray:
         """Raw scores of a batch. Returns float32 (n,)."""
-        return self.launch(batch, lane).result()
+        with self._streams.hold(lane):
+            return self.launch(batch, lane).result()
 
     @torch.inference_mode()
     def launch(self, batch: list[EncodedInput], lane: str) -> HostResult:

@@ -162,7 +162,8 @@ class LastTokenEmbedder:
 
     def forward(self, batch: list[list[int]], lane: str) -> np.ndarray:
         """Embed a batch. Returns float32 (n, dim), not normalised."""
-        return self.launch(batch, lane).result()
+        with self._streams.hold(lane):
+            return self.launch(batch, lane).result()
 
     @torch.inference_mode()
     def launch(self, batch: list[list[int]], lane: str) -> HostResult:
@@ -234,7 +235,8 @@ class SentenceTransformerEmbedder:
 
     def forward(self, batch: list[list[int]], lane: str) -> np.ndarray:
         """Embed a batch. Returns float32 (n, dim), before the model's Normalize module."""
-        return self.launch(batch, lane).result()
+        with self._streams.hold(lane):
+            return self.launch(batch, lane).result()
 
     @torch.inference_mode()
     def launch(self, batch: list[list[int]], lane: str) -> HostResult:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import threading
+from collections import deque
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -33,21 +34,30 @@ class ThreadLocalTokenizer:
         return tok
 
 
+#: Decoder layers a bulk thread may launch ahead of the GPU (enough to keep it busy, few enough that a
+#: query's kernels wait behind little bulk work).
+BULK_LAYERS_AHEAD = 4
+
+
 class PriorityGate:
     """Keeps the bulk lane from launching work while a priority-lane forward runs.
 
     The two lanes run in two threads over one model. Left alone, the bulk thread keeps launching kernels
-    and holding the GIL, and a query's forward (hundreds of small launches) waits behind it. Every decoder
-    layer of the model gets a pre-hook that, in a bulk thread, waits here while a priority forward is in
-    flight, so a query pays for at most the bulk layers already queued on the device.
+    and holding the GIL, and a query's forward waits behind it. Every decoder layer of the model gets a
+    pre-hook that, in a bulk thread, waits here while a priority forward is in flight (the priority lane
+    holds the gate until its result is on the host), so a query pays for at most the bulk layers already
+    queued on the device. With ``max_layers_ahead`` (CUDA) a bulk thread also never runs more than that many
+    layers ahead of the GPU: launching is asynchronous, and an unbounded queue (a whole pipelined batch)
+    would sit in front of every query's kernels.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, max_layers_ahead: int | None = None) -> None:
         self._lock = threading.Lock()
         self._active = 0
         self._idle = threading.Event()
         self._idle.set()
         self._local = threading.local()
+        self._max_ahead = max_layers_ahead
 
     @contextlib.contextmanager
     def lane(self, lane: str) -> Iterator[None]:
@@ -74,8 +84,17 @@ class PriorityGate:
         """Layer pre-hook: a bulk thread waits here while a priority forward runs."""
         if torch.compiler.is_compiling():
             return  # traced into a compiled graph: the gate only applies to eager forwards
-        if getattr(self._local, "bulk", False) and not self._idle.is_set():
+        if not getattr(self._local, "bulk", False):
+            return
+        if not self._idle.is_set():
             self._idle.wait()
+        if self._max_ahead is not None:
+            events: deque[Any] = self._local.__dict__.setdefault("events", deque())
+            event = torch.cuda.Event()
+            event.record()  # on the bulk stream: this layer's launch point
+            events.append(event)
+            while len(events) > self._max_ahead:
+                events.popleft().synchronize()  # releases the GIL while the GPU catches up
 
     def watch(self, model: Any) -> int:
         """Install :meth:`checkpoint` before every block of the model's longest layer stack.
@@ -105,7 +124,8 @@ class LaneStreams:
 
     def __init__(self, placement: Placement, model: Any | None = None) -> None:
         self._streams: dict[str, Any] = {}
-        self.gate = PriorityGate()
+        cuda = placement.device.type == "cuda"
+        self.gate = PriorityGate(BULK_LAYERS_AHEAD if cuda else None)
         if model is not None:
             self.gate.watch(model)
         if placement.device.type == "cuda":
@@ -115,6 +135,14 @@ class LaneStreams:
                     "priority": torch.cuda.Stream(device=placement.device, priority=high),
                     "bulk": torch.cuda.Stream(device=placement.device, priority=low),
                 }
+
+    @contextlib.contextmanager
+    def hold(self, lane: str) -> Iterator[None]:
+        """Hold the lane's gate around a whole forward *and* its result (``forward`` = launch + wait), so a
+        priority forward keeps bulk layers paused until its output is on the host, not only while it is
+        being launched."""
+        with self.gate.lane(lane):
+            yield
 
     @contextlib.contextmanager
     def use(self, lane: str) -> Iterator[None]:

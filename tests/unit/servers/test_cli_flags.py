@@ -26,7 +26,7 @@ KEY = "flag-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 INSTRUCTION = "Find the passage that names the colour of the sky"
 #: Flags the process (uvicorn, logging) applies rather than the app; observed by ``test_process_flags``.
-PROCESS_FLAGS = {"host", "port", "log_level"}
+PROCESS_FLAGS = {"host", "port", "log_level", "drain_grace_s"}
 #: Flags whose effect the instruction request check observes (the server default instruction).
 BEHAVIOUR_FLAGS = {"instruction", "api_keys", "max_body_bytes", "max_client_batch"}
 
@@ -108,14 +108,19 @@ def test_every_flag_has_an_observation() -> None:
 
 def test_process_flags(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """host, port and log level go to the HTTP server (uvicorn) of the process."""
-    import uvicorn
+    from servers import drain
 
     seen: dict[str, Any] = {}
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.update(kw, app=app))
+
+    def fake_run(app: Any, state: Any, grace_s: float, **kw: Any) -> None:
+        seen.update(kw, app=app, grace_s=grace_s)
+
+    monkeypatch.setattr(drain, "run_draining", fake_run)
     for kind in KINDS:
-        args = build_parser().parse_args([kind, *_argv(kind, tmp_path, tmp_path)])
+        args = build_parser().parse_args([kind, *_argv(kind, tmp_path, tmp_path), "--drain-grace-s", "7.5"])
         serve(settings_from_args(kind, args, {}))
         assert (seen["host"], seen["port"], seen["log_level"]) == ("127.0.0.2", 8765, "warning")
+        assert seen["grace_s"] == 7.5
         assert seen["app"].title.endswith(f"{kind} server")
 
 
