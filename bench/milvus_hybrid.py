@@ -10,6 +10,8 @@ real near neighbours; ``--query-noise 0`` is not allowed (the row itself would a
 Targets (``--targets``):
 - ``file``: ``uri=<tmp>/bench.db`` (milvus-lite 3.x opens a file URI by running its gRPC server in a thread of
   the client process);
+- ``memory``: the store's in-process copy alone (``LocalMirror``: exact / IVF per field, fused like the
+  store), no Milvus: how the search path scales past what Milvus Lite ingests in reasonable time;
 - ``grpc``: a separate ``python -m milvus_lite server --data-dir <tmp> --host 127.0.0.1 --port P`` process
   (the Milvus Lite gRPC server shipped by milvus-lite >= 3; ``uri=http://127.0.0.1:P``).
 
@@ -46,7 +48,7 @@ from rag_plugins.milvus.settings import FieldIndexSettings, MilvusStoreSettings
 from rag_plugins.milvus.store import MultiVectorMilvusStore
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-TARGETS = ("file", "grpc")
+TARGETS = ("file", "grpc", "memory")
 
 
 # ------------------------------------------------------------------------------------------------ data
@@ -71,12 +73,24 @@ class Dataset:
         return int(self.text.shape[0])
 
 
-def make_dataset(n: int, text_dim: int, image_dim: int, n_queries: int, noise: float, seed: int) -> Dataset:
-    """Random unit rows; queries = random stored rows + ``noise`` x a random unit vector, re-normalized."""
+def clustered_rows(rng: np.random.Generator, n: int, dim: int, clusters: int, spread: float) -> np.ndarray:
+    """``n`` unit vectors around ``clusters`` random centres (``spread`` = noise / centre scale), float32."""
+    if clusters <= 0:
+        return unit_rows(rng, n, dim)
+    centres = rng.standard_normal((clusters, dim), dtype=np.float32)
+    x = centres[rng.integers(0, clusters, n)] + spread * rng.standard_normal((n, dim), dtype=np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return x
+
+
+def make_dataset(n: int, text_dim: int, image_dim: int, n_queries: int, noise: float, seed: int,
+                 clusters: int = 0, spread: float = 1.0) -> Dataset:
+    """Unit rows (clustered when ``clusters`` > 0); queries = stored rows + ``noise`` x a random unit vector."""
     if noise <= 0:
         raise ValueError("--query-noise must be > 0")
     rng = np.random.default_rng(seed)
-    text, image = unit_rows(rng, n, text_dim), unit_rows(rng, n, image_dim)
+    text = clustered_rows(rng, n, text_dim, clusters, spread)
+    image = clustered_rows(rng, n, image_dim, clusters, spread)
     picks = rng.choice(n, size=n_queries, replace=n_queries > n)
     qt = text[picks] + noise * unit_rows(rng, n_queries, text_dim)
     qi = image[picks] + noise * unit_rows(rng, n_queries, image_dim)
@@ -191,20 +205,24 @@ def milvus_target(target: str, workdir: Path) -> Iterator[str]:
 
 # ------------------------------------------------------------------------------------------- measuring
 def open_store(uri: str, name: str, index: FieldIndexSettings, text_dim: int, image_dim: int,
-               client: Any = None) -> MultiVectorMilvusStore:
+               client: Any = None, local: bool | None = None) -> MultiVectorMilvusStore:
     settings = MilvusStoreSettings(uri=uri, collection_name=name, text_dim=text_dim, image_dim=image_dim,
-                                   text_index=index, image_index=index)
+                                   text_index=index, image_index=index, local_search=local)
     return MultiVectorMilvusStore(settings=settings, client=client)
 
 
 def ingest(store: MultiVectorMilvusStore, data: Dataset, batch: int) -> dict[str, float]:
     """Upsert all rows in batches; flush. Returns seconds for the upserts and for the flush."""
+    from tqdm.auto import tqdm
+
     t0 = time.perf_counter()
-    for start in range(0, data.n, batch):
-        stop = min(start + batch, data.n)
-        items = [StoreItem(text=f"row {i}", id=row_id(i), doc_id=f"d{i // 100}", chunk_id=str(i))
-                 for i in range(start, stop)]
-        store.upsert_vectors(items, list(data.text[start:stop]), list(data.image[start:stop]))
+    with tqdm(total=data.n, desc=f"ingest {store.collection_name}", unit="row", mininterval=5.0) as bar:
+        for start in range(0, data.n, batch):
+            stop = min(start + batch, data.n)
+            items = [StoreItem(text=f"row {i}", id=row_id(i), doc_id=f"d{i // 100}", chunk_id=str(i))
+                     for i in range(start, stop)]
+            store.upsert_vectors(items, list(data.text[start:stop]), list(data.image[start:stop]))
+            bar.update(stop - start)
     t1 = time.perf_counter()
     store.client.flush(store.collection_name)
     t2 = time.perf_counter()
@@ -221,6 +239,32 @@ def run_queries(store: MultiVectorMilvusStore, data: Dataset, fusion: Fusion, to
         secs.append(time.perf_counter() - t)
         ids.append([h.id for h in hits])
     return ids, secs
+
+
+def concurrent_qps(store: MultiVectorMilvusStore, data: Dataset, fusion: Fusion, top_k: int, candidates: int,
+                   clients: int, seconds: float) -> float:
+    """Fused queries per second with ``clients`` threads searching for ``seconds``."""
+    import threading
+
+    stop = time.perf_counter() + seconds
+    counts = [0] * clients
+
+    def worker(c: int) -> None:
+        i = c
+        while time.perf_counter() < stop:
+            j = i % len(data.query_text)
+            store.search(data.query_text[j], data.query_image[j], fusion=fusion, top_k=top_k,
+                         text_limit=candidates, image_limit=candidates)
+            counts[c] += 1
+            i += clients
+
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=worker, args=(c,)) for c in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sum(counts) / (time.perf_counter() - t0)
 
 
 def exact_rrf(data: Dataset, top_k: int, candidates: int, rrf_k: int) -> list[list[str]]:
@@ -262,46 +306,177 @@ class TargetResult:
     recall_at_k_hnsw_vs_flat: float
     flat_equals_numpy_rrf: float
     rows_counted: int
+    local_index_build_s: float = float("nan")
+    ingest_incl_index_rows_s: float = float("nan")
+    local_save_s: float = float("nan")
+    local_p50_ms: float = float("nan")
+    local_p95_ms: float = float("nan")
+    local_qps: float = float("nan")
+    milvus_qps: float = float("nan")
+    local_recall_vs_exact: float = float("nan")
+    local_load_s: float = float("nan")
+    local_mem_mb: float = float("nan")
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def bench_memory(data: Dataset, args: argparse.Namespace) -> TargetResult:
+    """The in-process copy alone: append rows, build the IVF indexes, time fused queries, recall vs exact."""
+    import threading
+
+    from tqdm.auto import tqdm
+
+    from rag_plugins.milvus.local_index import LocalMirror
+
+    fusion = Fusion("rrf", rrf_k=args.rrf_k)
+    dims = {"text_vec": data.text.shape[1], "image_vec": data.image.shape[1]}
+    mirror = LocalMirror(dims, {f: "COSINE" for f in dims})
+    flags = {"text_vec": "has_text_vec", "image_vec": "has_image_vec"}
+    t0 = time.perf_counter()
+    with tqdm(total=data.n, desc="memory copy", unit="row", mininterval=5.0) as bar:
+        for start in range(0, data.n, args.batch):
+            stop = min(start + args.batch, data.n)
+            rows = [{"id": row_id(i), "text_vec": data.text[i], "image_vec": data.image[i], "has_text_vec": True,
+                     "has_image_vec": True, "doc_id": f"d{i // 100}"} for i in range(start, stop)]
+            mirror.upsert(rows, flags, ["doc_id"])
+            bar.update(stop - start)
+    append_s = time.perf_counter() - t0
+    build = mirror.build_indexes()
+
+    def query(j: int) -> list[str]:
+        per_field = {f: mirror.fields[f].search(q, args.candidates)[: args.candidates]
+                     for f, q in (("text_vec", data.query_text[j]), ("image_vec", data.query_image[j]))}
+        return [k for k, _ in fusion.fuse(per_field, args.top_k)]
+
+    query(0)
+    found, secs = [], []
+    for j in range(len(data.query_text)):
+        t = time.perf_counter()
+        found.append(query(j))
+        secs.append(time.perf_counter() - t)
+    stop_at = time.perf_counter() + args.qps_seconds
+    counts = [0] * max(args.clients, 1)
+
+    def worker(c: int) -> None:
+        i = c
+        while time.perf_counter() < stop_at:
+            query(i % len(data.query_text))
+            counts[c] += 1
+            i += len(counts)
+
+    t1 = time.perf_counter()
+    threads = [threading.Thread(target=worker, args=(c,)) for c in range(len(counts))]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    qps = sum(counts) / (time.perf_counter() - t1)
+    truth = exact_rrf(data, args.top_k, args.candidates, args.rrf_k)
+    nan = float("nan")
+    result = TargetResult(
+        target="memory", n=data.n, hnsw_ingest_rows_s=nan, hnsw_flush_s=nan, flat_ingest_rows_s=nan, flat_flush_s=nan,
+        hnsw_p50_ms=nan, hnsw_p95_ms=nan, flat_p50_ms=nan, flat_p95_ms=nan, recall_at_k_hnsw_vs_flat=nan,
+        flat_equals_numpy_rrf=nan, rows_counted=len(mirror.rows), local_index_build_s=sum(build.values()),
+        ingest_incl_index_rows_s=data.n / (append_s + sum(build.values())), local_p50_ms=pct(secs, 50),
+        local_p95_ms=pct(secs, 95), local_qps=qps, local_recall_vs_exact=recall_at_k(found, truth, args.top_k),
+        local_mem_mb=mirror.memory_bytes() / 2**20, extra={"append_rows_s": data.n / append_s, "build_s": build},
+    )
+    log(f"[memory] append {data.n / append_s:.0f} rows/s, build {build}, p50 {result.local_p50_ms:.1f} ms, "
+        f"p95 {result.local_p95_ms:.1f} ms, {len(counts)} clients {qps:.1f} q/s, "
+        f"recall {result.local_recall_vs_exact:.3f}")
+    return result
+
+
 def bench_target(target: str, data: Dataset, args: argparse.Namespace) -> TargetResult:
-    """Ingest into HNSW + FLAT collections at one target; query both; compare."""
+    """Ingest into the ``--collections`` (HNSW and/or FLAT); query Milvus (optional) and the local path."""
     fusion = Fusion("rrf", rrf_k=args.rrf_k)
     hnsw = FieldIndexSettings("HNSW", "COSINE", build_params={"M": args.hnsw_m, "efConstruction": args.ef_construction},
                               search_params={"ef": args.ef})
     flat = FieldIndexSettings("FLAT", "COSINE")
     text_dim, image_dim = data.text.shape[1], data.image.shape[1]
+    labels = [c.strip() for c in args.collections.split(",") if c.strip()]
+    indexes = {"hnsw": hnsw, "flat": flat}
+    nan = float("nan")
     workdir = Path(tempfile.mkdtemp(prefix=f"milvus-bench-{target}-", dir=args.workdir))
     try:
         with milvus_target(target, workdir) as uri:
-            res: dict[str, Any] = {}
-            stores = {}
-            for label, index in (("hnsw", hnsw), ("flat", flat)):
-                client = stores["hnsw"].client if stores else None  # one connection for both collections
-                store = open_store(uri, f"bench_{label}", index, text_dim, image_dim, client=client)
-                stores[label] = store
-                t = ingest(store, data, args.batch)
+            res: dict[str, Any] = {f"{lb}_{k}": nan for lb in ("hnsw", "flat")
+                                   for k in ("ingest_rows_s", "flush_s", "p50_ms", "p95_ms")}
+            res.update(recall_at_k_hnsw_vs_flat=nan, flat_equals_numpy_rrf=nan)
+            extra: dict[str, Any] = {}
+            stores: dict[str, MultiVectorMilvusStore] = {}
+            writers: dict[str, MultiVectorMilvusStore] = {}
+            for label in labels:
+                client = next(iter(stores.values())).client if stores else None  # one connection
+                # Ingest through the default store (for a file URI its in-process copy is filled as it goes);
+                # queries to Milvus itself go through a twin opened with local_search=False.
+                writer = open_store(uri, f"bench_{label}", indexes[label], text_dim, image_dim, client=client)
+                t = ingest(writer, data, args.batch)
+                writers[label] = writer
+                stores[label] = open_store(uri, f"bench_{label}", indexes[label], text_dim, image_dim,
+                                           client=writer.client, local=False)
                 res[f"{label}_ingest_rows_s"] = data.n / t["upsert_s"]
                 res[f"{label}_flush_s"] = t["flush_s"]
                 log(f"[{target}] {label}: {data.n} rows in {t['upsert_s']:.1f}s "
                     f"({res[f'{label}_ingest_rows_s']:.0f} rows/s), flush {t['flush_s']:.1f}s")
-            # warm-up (index load / first-search costs are not query latency)
-            for store in stores.values():
-                run_queries(store, Dataset(data.text, data.image, data.query_text[:2], data.query_image[:2]),
-                            fusion, args.top_k, args.candidates)
-            found: dict[str, list[list[str]]] = {}
-            for label, store in stores.items():
-                found[label], secs = run_queries(store, data, fusion, args.top_k, args.candidates)
-                res[f"{label}_p50_ms"], res[f"{label}_p95_ms"] = pct(secs, 50), pct(secs, 95)
-                log(f"[{target}] {label}: query p50 {res[f'{label}_p50_ms']:.1f} ms, "
-                    f"p95 {res[f'{label}_p95_ms']:.1f} ms")
+                if writer.local is not None and label == labels[0]:
+                    build = writer.build_local_index()
+                    res["local_index_build_s"] = sum(build.values())
+                    res["ingest_incl_index_rows_s"] = data.n / (t["upsert_s"] + t["flush_s"] + sum(build.values()))
+                    log(f"[{target}] {label}: local IVF build {build}")
             truth = exact_rrf(data, args.top_k, args.candidates, args.rrf_k)
-            res["recall_at_k_hnsw_vs_flat"] = recall_at_k(found["hnsw"], found["flat"], args.top_k)
-            res["flat_equals_numpy_rrf"] = float(np.mean([f == t for f, t in zip(found["flat"], truth, strict=True)]))
-            res["rows_counted"] = stores["hnsw"].count()
-            stores["hnsw"].close()
-        return TargetResult(target=target, n=data.n, **res)
+            found: dict[str, list[list[str]]] = {}
+            if args.milvus_queries:
+                for store in stores.values():  # warm-up (index load / first-search costs are not latency)
+                    run_queries(store, Dataset(data.text, data.image, data.query_text[:2], data.query_image[:2]),
+                                fusion, args.top_k, args.candidates)
+                for label, store in stores.items():
+                    found[label], secs = run_queries(store, data, fusion, args.top_k, args.candidates)
+                    res[f"{label}_p50_ms"], res[f"{label}_p95_ms"] = pct(secs, 50), pct(secs, 95)
+                    log(f"[{target}] {label}: query p50 {res[f'{label}_p50_ms']:.1f} ms, "
+                        f"p95 {res[f'{label}_p95_ms']:.1f} ms")
+                if args.clients and "hnsw" in stores:
+                    res["milvus_qps"] = concurrent_qps(stores["hnsw"], data, fusion, args.top_k, args.candidates,
+                                                       args.clients, args.qps_seconds)
+                    log(f"[{target}] milvus hnsw: {args.clients} clients {res['milvus_qps']:.1f} q/s")
+            label = labels[0]
+            if target == "file" and writers[label].local is not None:
+                # The default for file URIs: the in-process copy, saved next to the DB file and reopened
+                # from there (what a restarted process pays).
+                from rag_plugins.milvus.local_index import forget_mirror
+
+                t0 = time.perf_counter()
+                writers[label].save_local_index()
+                res["local_save_s"] = time.perf_counter() - t0
+                for w in writers.values():
+                    forget_mirror(w._local_key())
+                t0 = time.perf_counter()
+                local = open_store(uri, f"bench_{label}", indexes[label], text_dim, image_dim,
+                                   client=stores[label].client, local=True)
+                res["local_load_s"] = time.perf_counter() - t0
+                assert local.local is not None
+                extra["local_loaded_from_side_files"] = local.local.persisted
+                extra["local_uses_ivf"] = {f: v.uses_ann for f, v in local.local.fields.items()}
+                res["local_mem_mb"] = local.local.memory_bytes() / 2**20
+                run_queries(local, Dataset(data.text, data.image, data.query_text[:2], data.query_image[:2]),
+                            fusion, args.top_k, args.candidates)
+                found["local"], secs = run_queries(local, data, fusion, args.top_k, args.candidates)
+                res["local_p50_ms"], res["local_p95_ms"] = pct(secs, 50), pct(secs, 95)
+                res["local_recall_vs_exact"] = recall_at_k(found["local"], truth, args.top_k)
+                if args.clients:
+                    res["local_qps"] = concurrent_qps(local, data, fusion, args.top_k, args.candidates,
+                                                      args.clients, args.qps_seconds)
+                log(f"[{target}] local: load {res['local_load_s']:.1f}s, p50 {res['local_p50_ms']:.1f} ms, "
+                    f"p95 {res['local_p95_ms']:.1f} ms, {args.clients} clients {res['local_qps']:.1f} q/s, "
+                    f"recall {res['local_recall_vs_exact']:.3f}")
+            if "hnsw" in found and "flat" in found:
+                res["recall_at_k_hnsw_vs_flat"] = recall_at_k(found["hnsw"], found["flat"], args.top_k)
+            if "flat" in found:
+                res["flat_equals_numpy_rrf"] = float(np.mean([f == t for f, t in zip(found["flat"], truth,
+                                                                                      strict=True)]))
+            first = next(iter(stores.values()))
+            res["rows_counted"] = first.count()
+            first.client.close()
+        return TargetResult(target=target, n=data.n, extra=extra, **res)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
@@ -323,6 +498,16 @@ COLUMNS = (
     ("hybrid p95 ms (FLAT)", "flat_p95_ms", "{:.1f}"),
     ("recall@k HNSW vs FLAT", "recall_at_k_hnsw_vs_flat", "{:.3f}"),
     ("FLAT == numpy RRF", "flat_equals_numpy_rrf", "{:.2f}"),
+    ("8-client q/s (HNSW)", "milvus_qps", "{:.1f}"),
+    ("local IVF build s", "local_index_build_s", "{:.1f}"),
+    ("ingest rows/s incl. flush + local index", "ingest_incl_index_rows_s", "{:,.0f}"),
+    ("local save s", "local_save_s", "{:.1f}"),
+    ("local: reopen s", "local_load_s", "{:.1f}"),
+    ("local p50 ms", "local_p50_ms", "{:.1f}"),
+    ("local p95 ms", "local_p95_ms", "{:.1f}"),
+    ("local 8-client q/s", "local_qps", "{:.1f}"),
+    ("local recall@k vs exact", "local_recall_vs_exact", "{:.3f}"),
+    ("local MiB", "local_mem_mb", "{:.0f}"),
 )
 
 
@@ -344,11 +529,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rrf-k", type=int, default=60)
     p.add_argument("--query-noise", type=float, default=1.0,
                    help="query = stored row + noise x random unit vector (1.0: cosine to the row ~0.7)")
+    p.add_argument("--clusters", type=int, default=1000, help="cluster centres per field (0: uniform noise)")
+    p.add_argument("--spread", type=float, default=1.0, help="within-cluster noise relative to the centres")
+    p.add_argument("--clients", type=int, default=8, help="concurrent clients for the q/s columns (0: skip)")
+    p.add_argument("--qps-seconds", type=float, default=10.0)
     p.add_argument("--hnsw-m", type=int, default=16)
     p.add_argument("--ef-construction", type=int, default=200)
     p.add_argument("--ef", type=int, default=128, help="HNSW search ef (>= --candidates is advisable)")
     p.add_argument("--batch", type=int, default=1000, help="rows per upsert_vectors call")
-    p.add_argument("--targets", default="file,grpc", help="comma list of: file, grpc")
+    p.add_argument("--targets", default="file,grpc", help="comma list of: file, grpc, memory")
+    p.add_argument("--collections", default="hnsw,flat",
+                   help="comma list of hnsw, flat: the collections ingested (the first one is searched locally)")
+    p.add_argument("--milvus-queries", action=argparse.BooleanOptionalAction, default=True,
+                   help="also time searches answered by Milvus Lite itself (slow: O(rows) Python per query)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workdir", default=None, help="where the temporary Milvus data goes (default: $TMPDIR)")
     p.add_argument("--out", default=str(RESULTS_DIR / "milvus_hybrid"),
@@ -357,7 +550,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.smoke:
         args.n, args.queries, args.text_dim, args.image_dim, args.batch = 2000, 20, 64, 96, 500
+        args.clusters, args.qps_seconds = 50, 1.0
     return args
+
+
+def _max_rss_mib() -> float:
+    """Peak resident memory of this process (data + Milvus Lite + the local copy), MiB."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -370,8 +571,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if "grpc" in targets and not grpc_server_available():
         targets.remove("grpc")
         notes.append("grpc skipped: the installed milvus-lite ships no gRPC server")
-    data = make_dataset(args.n, args.text_dim, args.image_dim, args.queries, args.query_noise, args.seed)
-    results = [bench_target(t, data, args) for t in targets]
+    data = make_dataset(args.n, args.text_dim, args.image_dim, args.queries, args.query_noise, args.seed,
+                        args.clusters, args.spread)
+    results = [bench_memory(data, args) if t == "memory" else bench_target(t, data, args) for t in targets]
     import milvus_lite
     import pymilvus
 
@@ -380,6 +582,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "env": {"python": platform.python_version(), "machine": platform.machine(), "cpus": os.cpu_count(),
                 "pymilvus": pymilvus.__version__, "milvus_lite": getattr(milvus_lite, "__version__", "?")},
         "notes": notes,
+        "max_rss_mib": _max_rss_mib(),
         "results": [asdict(r) for r in results],
     }
     table = markdown_table(results)
@@ -393,13 +596,18 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         cfg = report["config"]
         md = [
             "# Milvus Lite hybrid retrieval benchmark", "",
+            "local = the store's default for file URIs (in-process copy, rag_plugins/milvus/local_index.py: exact "
+            "below 20,000 rows per field, IVF fp16 + exact re-scoring above; saved next to the DB file, reopened "
+            "from there); "
+            "HNSW / FLAT = the same store with local_search=False (Milvus Lite answers).", "",
             f"`python -m bench.milvus_hybrid {' '.join(sys.argv[1:] if argv is None else argv)}` — "
-            f"{cfg['n']:,} random unit vectors per field (text_vec {cfg['text_dim']}-d, image_vec "
+            f"{cfg['n']:,} unit vectors per field in {cfg['clusters']} clusters (spread {cfg['spread']}) (text_vec {cfg['text_dim']}-d, image_vec "
             f"{cfg['image_dim']}-d), COSINE; HNSW M={cfg['hnsw_m']} efConstruction={cfg['ef_construction']} "
             f"ef={cfg['ef']} vs FLAT (exact). Fused query: RRF k={cfg['rrf_k']} over both fields, "
             f"{cfg['candidates']} candidates per field, top {cfg['top_k']}; {cfg['queries']} queries "
             f"(stored rows + noise {cfg['query_noise']}). Ingest = `upsert_vectors` in batches of "
-            f"{cfg['batch']} (flush timed separately). {report['env']['cpus']} CPUs, "
+            f"{cfg['batch']} (flush timed separately). Peak RSS of the benchmark process "
+            f"{report['max_rss_mib']:,.0f} MiB. {report['env']['cpus']} CPUs, "
             f"pymilvus {report['env']['pymilvus']}, milvus-lite {report['env']['milvus_lite']}.", "",
             table, "", *notes,
         ]

@@ -295,6 +295,9 @@ class MultiVectorMilvusStorage(BaseVectorStorage):  # type: ignore[misc, valid-t
     # ------------------------------------------------------------------------------------------ search
     def _field_search(self, field: str, vector: np.ndarray, limit: int, floor: float) -> list[tuple[str, float]]:
         """(key, similarity) of the rows whose ``field`` vector scores at least ``floor`` (range search)."""
+        if self.store.local is not None:  # embedded: the store's in-process copy (no Milvus round trip)
+            hits = self.store.search_field(field, vector, top_k=limit)
+            return [(h.id, h.score) for h in hits if h.score >= floor]
         index = self.store.index_settings(field).search()
         index["params"] = {**index["params"], "radius": floor}
         result = self.store.client.search(
@@ -317,6 +320,9 @@ class MultiVectorMilvusStorage(BaseVectorStorage):  # type: ignore[misc, valid-t
             return []
         if image_vec is None:
             ranked = [(key, score) for key, score in text_hits[:top_k]]
+        elif store.local is not None:  # the same fusion over the same per-field candidates, in process
+            per_field = {f: h for f, h in ((TEXT_FIELD, text_hits), (IMAGE_FIELD, image_hits)) if h}
+            ranked = list(self.fusion.fuse(per_field, top_k, {f: store.index_settings(f).metric for f in per_field}))
         else:
             # Fuse in Milvus (same RRF / weighted semantics as HybridRetriever), restricted per field to the
             # candidates that passed that field's threshold (Milvus Lite ignores a radius in hybrid requests).
@@ -333,7 +339,10 @@ class MultiVectorMilvusStorage(BaseVectorStorage):  # type: ignore[misc, valid-t
             result = store.client.hybrid_search(store.collection_name, requests, self.fusion.ranker(fields),
                                                 limit=top_k, output_fields=["id"])
             ranked = sorted(((str(h["id"]), float(h["distance"])) for h in result[0]), key=lambda h: (-h[1], h[0]))
-        rows = {str(r["id"]): r for r in store.get([key for key, _ in ranked], ["id", "text", "meta", "uri"])}
+        if store.local is not None:
+            rows = {key: {"id": key, **store.local.rows[key]} for key, _ in ranked if key in store.local.rows}
+        else:
+            rows = {str(r["id"]): r for r in store.get([key for key, _ in ranked], ["id", "text", "meta", "uri"])}
         out = []
         for key, score in ranked:
             if key not in rows:

@@ -178,8 +178,7 @@ class MilvusFieldVectorStore(BasePydanticVectorStore):
         return [node.node_id for node in nodes]
 
     def _delete_where(self, expr: str) -> None:
-        self._store.require_collection()
-        self.client.delete(self._store.collection_name, filter=and_exprs(f"{HAS_FLAG[self.field]} == true", expr))
+        self._store.delete_where(and_exprs(f"{HAS_FLAG[self.field]} == true", expr))
 
     def delete(self, ref_doc_id: str, **delete_kwargs: Any) -> None:
         """Delete the rows of document ``ref_doc_id`` (its ``doc_id`` column) that have this field's vector."""

@@ -42,3 +42,13 @@ def import_pymilvus() -> ModuleType:
         finally:
             if hide and uri is not None:
                 os.environ["MILVUS_URI"] = uri
+
+
+def milvus_lite_major() -> int:
+    """Major version of the installed milvus-lite (0 when it is not installed or unreadable)."""
+    from importlib import metadata
+
+    try:
+        return int(metadata.version("milvus-lite").split(".")[0])
+    except (metadata.PackageNotFoundError, ValueError):
+        return 0

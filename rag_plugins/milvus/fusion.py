@@ -6,6 +6,8 @@ import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import numpy as np
+
 from rag_plugins.milvus._pymilvus import import_pymilvus
 from rag_plugins.milvus.errors import FusionConfigError
 
@@ -57,6 +59,41 @@ class Fusion:
             rrf_k=rrf_k if rrf_k is not None else self.rrf_k,
             weights=tuple(weights) if weights is not None else self.weights,  # type: ignore[arg-type]
         )
+
+    def fuse(self, per_field: dict[str, list[tuple[str, float]]], top_k: int,
+             metrics: dict[str, str] | None = None) -> list[tuple[str, float]]:
+        """Fuse per-field hit lists in process, with the formulas of Milvus' rankers.
+
+        RRF: score = Σ 1 / (k + rank), rank from 1 in each field's list. Weighted (``norm_score=True``, the
+        pymilvus default): each similarity is first mapped to [0, 1] by its metric, ``(1 + cos) / 2`` for
+        COSINE and ``0.5 + atan(ip) / π`` for IP, then α·text + (1−α)·image; a row missing from a field's
+        list gets nothing from that field.
+
+        Args:
+            per_field: ``{"text_vec" | "image_vec": [(key, similarity), ...]}``, each best first.
+            top_k: Results returned.
+            metrics: ``{field: "COSINE" | "IP"}`` (default COSINE).
+
+        Returns:
+            ``[(key, fused score)]``, best first, ties by key (as Milvus Lite cuts and as
+            :meth:`MultiVectorMilvusStore.search` orders Milvus' answer).
+        """
+        weight = {"text_vec": self.weights[0], "image_vec": self.weights[1]}
+        fused: dict[str, float] = {}
+        for name, hits in per_field.items():
+            if not hits:
+                continue
+            if self.name == "rrf":
+                for rank, (key, _) in enumerate(hits, start=1):
+                    fused[key] = fused.get(key, 0.0) + 1.0 / (self.rrf_k + rank)
+                continue
+            ip = (metrics or {}).get(name, "COSINE") == "IP"
+            for key, score in hits:
+                norm = 0.5 + math.atan(score) / math.pi if ip else (1.0 + score) * 0.5
+                fused[key] = fused.get(key, 0.0) + weight[name] * norm
+        # Milvus sends scores as float32: round the same way, so near-ties order (by key) as they do there.
+        fused = {key: float(np.float32(score)) for key, score in fused.items()}
+        return sorted(fused.items(), key=lambda kv: (-kv[1], kv[0]))[:top_k]
 
     def ranker(self, fields: list[str]) -> Any:
         """The pymilvus ranker for requests on ``fields`` (subset of text_vec, image_vec, in that order)."""

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import numpy as np
+
 IndexType = Literal["HNSW", "IVF_FLAT", "FLAT", "AUTOINDEX"]
 Metric = Literal["COSINE", "IP"]
 
@@ -58,6 +60,38 @@ class FieldIndexSettings:
 
 
 @dataclass(frozen=True)
+class AnnSettings:
+    """When and how a field of the in-process copy switches from exact search to an IVF index.
+
+    Below ``threshold`` live rows a field is searched exactly (brute force). From ``threshold`` rows on, an
+    inverted-file index with fp16 codes (FAISS ``IndexIVFScalarQuantizer``, ``QT_fp16``, inner product) picks
+    ``overfetch x limit`` candidates per query, which are then re-scored exactly from the float32 rows, so the
+    scores (and the order of what is found) are the exact ones; only recall is approximate.
+
+    Attributes:
+        threshold: Live rows from which the IVF index is used (0 disables it: always exact).
+        nlist_per_sqrt_n: Lists = this x sqrt(rows) (clamped to [16, 65536]).
+        nprobe: Lists scanned per query.
+        overfetch: Candidates asked of the index per wanted hit (>= 1).
+        train_per_list: Training sample = this x nlist rows (k-means, ``niter`` iterations).
+        niter: k-means iterations.
+        retrain_growth: Retrain when the live rows exceed this x the rows the index was trained on.
+    """
+
+    threshold: int = 20_000
+    nlist_per_sqrt_n: float = 2.0
+    nprobe: int = 64
+    overfetch: float = 2.0
+    train_per_list: int = 16
+    niter: int = 8
+    retrain_growth: float = 4.0
+
+    def nlist(self, n: int) -> int:
+        """Number of inverted lists for ``n`` rows."""
+        return int(min(65_536, max(16, self.nlist_per_sqrt_n * np.sqrt(max(n, 1)))))
+
+
+@dataclass(frozen=True)
 class MilvusStoreSettings:
     """Where the collection lives and how it is laid out.
 
@@ -77,6 +111,14 @@ class MilvusStoreSettings:
             side (the seed plan), so text chunks are found by image-space queries too.
         max_varchar_bytes: Max UTF-8 bytes of ``text``/``caption`` (Milvus' VARCHAR limit is 65,535).
         consistency_level: Milvus consistency; ``Strong`` so a search sees every finished upsert.
+        local_search: Answer ``search`` / ``search_field`` from an exact in-process copy of the vectors
+            (:mod:`rag_plugins.milvus.local_index`): None (default) = only for embedded file URIs, where
+            milvus-lite 3.x's pure-Python search path costs O(rows) per query; False = always ask Milvus;
+            True = also for a server URI (only safe when this process is the only writer).
+        local_ann: When a field of the in-process copy switches from exact search to an IVF index with exact
+            re-scoring (:class:`AnnSettings`; ``AnnSettings(threshold=0)`` = always exact).
+        local_persist: Save the in-process copy next to an embedded DB file on :meth:`close` (and load it on
+            open when it still matches the collection), so reopening does not re-read every row from Milvus.
     """
 
     uri: str = "./milvus_rag.db"
@@ -91,6 +133,9 @@ class MilvusStoreSettings:
     embed_text_into_image_space: bool = True
     max_varchar_bytes: int = 65_535
     consistency_level: str = "Strong"
+    local_search: bool | None = None
+    local_ann: AnnSettings = field(default_factory=AnnSettings)
+    local_persist: bool = True
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:

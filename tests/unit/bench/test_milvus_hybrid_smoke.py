@@ -28,6 +28,19 @@ def test_smoke_run_writes_results_and_flat_matches_numpy_rrf(tmp_path: Path) -> 
     assert saved["results"][0]["rows_counted"] == 2000
     md = out.with_suffix(".md").read_text()
     assert "| file | 2,000 |" in md
+    # The store's default (in-process copy) was searched, reopened from its side files, and is exact here.
+    assert result["local_recall_vs_exact"] == 1.0
+    assert result["extra"]["local_loaded_from_side_files"] is True
+    assert 0 < result["local_p50_ms"] <= result["local_p95_ms"]
+
+
+def test_memory_target_runs_without_milvus_and_is_exact_at_smoke_size() -> None:
+    report = main(["--smoke", "--targets", "memory", "--queries", "10", "--clients", "2", "--out", ""])
+    (result,) = report["results"]
+    assert result["target"] == "memory"
+    assert result["rows_counted"] == 2000
+    assert result["local_recall_vs_exact"] == 1.0  # below the IVF threshold: exact (IVF: test_local_ann.py)
+    assert result["local_qps"] > 0
 
 
 def test_recall_and_exact_rrf_helpers() -> None:
