@@ -459,13 +459,13 @@ class ServerInfo(BaseModel):
     model_config = ConfigDict(extra="allow", protected_namespaces=())
 
     model: str = Field(description="Served model name.")
-    kind: str = Field(description="Server kind: embed, rerank, mm-embed.")
+    kind: str = Field(description="Server kind: embed, rerank, mm-embed, search.")
     dim: int | None = Field(default=None, description="Vector length (embedding servers).")
-    dtype: str
-    device: str
+    dtype: str | None = Field(default=None, description="Model dtype (model servers).")
+    device: str | None = Field(default=None, description="Model device (model servers).")
     attention: str | None = None
-    max_length: int = Field(description="Max tokens per input (model limit and --max-length).")
-    recipe: str = Field(description="Model recipe resolved from the model's files.")
+    max_length: int | None = Field(default=None, description="Max tokens per input (model limit and --max-length).")
+    recipe: str | None = Field(default=None, description="Model recipe resolved from the model's files.")
     scoring: str | None = Field(default=None, description="How a reranker scores (rerank servers).")
     default_instruction: str | None = None
     max_batch_tokens: int
@@ -481,6 +481,10 @@ class ServerInfo(BaseModel):
     warmup: bool = Field(description="A warm-up forward ran before the server reported healthy.")
     max_body_bytes: int = Field(description="Max request body size.")
     auth_required: bool = Field(description="Routes other than /health and /healthz need a Bearer key.")
+    milvus_uri: str | None = Field(default=None, description="Search server: Milvus URI of its collection.")
+    collection: str | None = Field(default=None, description="Search server: the collection it searches.")
+    upstreams: dict[str, str] | None = Field(
+        default=None, description="Search server: base URLs of the embed, mm_embed and rerank servers it calls.")
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -585,9 +589,69 @@ class MultiModalEmbeddingRequest(StrictRequest):
         return [MultiModalItem(text=v) if isinstance(v, str) else v for v in raw]
 
 
+
+# --------------------------------------------------------------------------------------------------------
+# Hybrid search (search server; the core is rag_plugins.milvus.search_service)
+# --------------------------------------------------------------------------------------------------------
+
+#: RRF ``k`` when a request does not choose one (the same as ``rag_plugins.milvus.fusion.DEFAULT_RRF_K``).
+SEARCH_DEFAULT_RRF_K = 60
+
+
+class SearchRequest(BaseModel):
+    """A hybrid search over ``text_vec`` and ``image_vec`` (``POST /search``).
+
+    A text query is embedded into ``text_vec`` (text model) and into the image space (multimodal model's
+    text side); an image query into the image space (fused with the text when both are given). Fields with
+    no query vector, or disabled with ``use_text`` / ``use_image``, are not searched.
+    """
+
+    text: str | None = Field(None, description="Query text.")
+    image: str | None = Field(None, description="Query image: path, URL, data URI or base64.")
+    fusion: Literal["rrf", "weighted"] = "rrf"
+    weights: tuple[float, float] = Field((0.5, 0.5), description="(alpha, 1 - alpha) for text_vec / image_vec.")
+    rrf_k: int = SEARCH_DEFAULT_RRF_K
+    text_limit: int | None = Field(None, ge=1, description="Candidates from text_vec (default top_k).")
+    image_limit: int | None = Field(None, ge=1, description="Candidates from image_vec (default top_k).")
+    filters: str | dict[str, Any] | None = Field(None, description="Milvus expression or {field: value | [values]}.")
+    top_k: int = Field(10, ge=1, description="Fused candidates kept.")
+    use_text: bool = True
+    use_image: bool = True
+    rerank: bool = False
+    top_n: int | None = Field(None, ge=1, description="Candidates kept after the rerank stage (default all).")
+    output_fields: list[str] | None = Field(None, description="Stored fields returned (default all scalars).")
+
+    @model_validator(mode="after")
+    def _needs_query(self) -> SearchRequest:
+        if not self.text and self.image is None:
+            raise ValueError("give a text and/or an image query")
+        return self
+
+
+class Candidate(BaseModel):
+    """One answer: primary key, fused score, rerank score (when reranked) and stored fields."""
+
+    id: str
+    score: float = Field(description="Fused score (RRF or weighted) from the vector search.")
+    rerank_score: float | None = None
+    fields: dict[str, Any] = Field(default_factory=dict)
+
+
+class SearchResponse(BaseModel):
+    """Candidates best first (by rerank score when reranked, else by fused score)."""
+
+    candidates: list[Candidate]
+    fields_searched: list[str]
+    reranked: bool = False
+    timings_ms: dict[str, float] = Field(
+        default_factory=dict, description="Milliseconds per stage: embed, search, and rerank when reranked.")
+
+
 __all__ = [
     "IMAGE_PROMPT_INPUT_TYPES",
     "INPUT_TYPE_ALIASES",
+    "SEARCH_DEFAULT_RRF_K",
+    "Candidate",
     "CohereRerankRequest",
     "CohereRerankResponse",
     "DocInput",
@@ -613,6 +677,8 @@ __all__ = [
     "ScoreData",
     "ScoreRequest",
     "ScoreResponse",
+    "SearchRequest",
+    "SearchResponse",
     "ServerInfo",
     "TeiRerankHit",
     "Usage",

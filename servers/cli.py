@@ -66,6 +66,14 @@ FLAG_HELP: dict[str, str] = {
     "compile_cache_dir": "inductor's on-disk cache, so a restart compiles warm (default ~/.cache/rag-plugins/inductor)",
     "prompt_template": "rerank (yes/no models): JSON file {prefix, middle, suffix, default_instruction?, empty_side?} "
                        "replacing the recipe's prompt; middle holds {instruction}, {query} and {doc}",
+    "milvus_uri": "search: Milvus URI of the collection (Milvus Lite file ./x.db, or http://host:19530)",
+    "collection": "search: name of the MultiVectorMilvusStore collection to search (must exist)",
+    "embed_url": "search: base URL of the text embedding server (rag-serve embed) that embeds queries for text_vec",
+    "mm_embed_url": "search: base URL of the multimodal embedding server (rag-serve mm-embed) for image_vec "
+                    "(default: none, image_vec not searched)",
+    "rerank_url": "search: base URL of the rerank server (rag-serve rerank) for rerank=true requests "
+                  "(default: none, rerank refused)",
+    "upstream_api_key": "search: Bearer key sent to the embed, mm-embed and rerank servers",
 }
 
 

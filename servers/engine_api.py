@@ -11,7 +11,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from rag_plugins.protocol import InputType
+from rag_plugins.protocol import InputType, SearchRequest, SearchResponse
 from servers.images import MultiModalInput
 from servers.settings import ServerSettings
 
@@ -110,3 +110,9 @@ class Reranker(Engine, Protocol):
     async def score(
         self, pairs: Sequence[tuple[RerankItem, RerankItem]], *, instruction: str | None = None, truncate: bool = True
     ) -> ScoreOutput: ...
+
+
+class Searcher(Engine, Protocol):
+    """The search engine (``/search``): hybrid search through the upstream model servers."""
+
+    async def search(self, request: SearchRequest) -> SearchResponse: ...

@@ -31,6 +31,13 @@ IMAGE_SETTINGS: frozenset[str] = frozenset({
     "max_pixels", "vision_positions",
 })
 
+#: Settings of the search server: no model of its own, the HTTP front, and where its collection and
+#: upstream model servers are.
+SEARCH_SETTINGS: frozenset[str] = frozenset({
+    "served_model_name", "host", "port", "api_keys", "max_body_bytes", "log_level", "drain_grace_s",
+    "milvus_uri", "collection", "embed_url", "mm_embed_url", "rerank_url", "upstream_api_key",
+})
+
 
 @dataclass(frozen=True)
 class ServerKindSpec:
@@ -89,6 +96,13 @@ KINDS: Mapping[str, ServerKindSpec] = MappingProxyType({
             engine="servers.engines.multimodal:MultiModalEmbeddingEngine",
             routers=("servers.routes.embedding:text_router", "servers.routes.multimodal:router"),
             settings=COMMON_SETTINGS | IMAGE_SETTINGS,
+        ),
+        ServerKindSpec(
+            name="search",
+            summary="serve hybrid search over a Milvus collection (/search) through the embed/mm-embed/rerank servers",
+            engine="servers.engines.search:SearchEngine",
+            routers=("servers.routes.search:router",),
+            settings=SEARCH_SETTINGS,
         ),
     )
 })

@@ -30,9 +30,9 @@ class ServerProcess:
     """A ``python -m servers.cli KIND`` child process, stopped with SIGTERM (then SIGKILL) on exit.
 
     Args:
-        kind: ``embed``, ``rerank`` or ``mm-embed``.
-        model: Model directory or Hub ID.
-        device: ``cpu``, ``cuda:N`` or ``auto``.
+        kind: ``embed``, ``rerank``, ``mm-embed`` or ``search``.
+        model: Model directory or Hub ID (None for ``search``, which holds no model).
+        device: ``cpu``, ``cuda:N`` or ``auto`` (model servers only).
         port: Port to bind (a free one when None).
         host: Address to bind.
         extra_args: More ``rag-serve`` flags, e.g. ``("--max-batch-tokens", "8192")``.
@@ -43,7 +43,7 @@ class ServerProcess:
     def __init__(
         self,
         kind: str,
-        model: str | Path,
+        model: str | Path | None = None,
         *,
         device: str = "cpu",
         port: int | None = None,
@@ -53,7 +53,7 @@ class ServerProcess:
         env: dict[str, str] | None = None,
     ) -> None:
         self.kind = kind
-        self.model = str(model)
+        self.model = None if model is None else str(model)
         self.device = device
         self.host = host
         self.port = port or free_port(host)
@@ -72,7 +72,8 @@ class ServerProcess:
         Raises:
             RuntimeError: the process exited, or was not healthy within ``timeout_s`` (log tail included).
         """
-        cmd = [sys.executable, "-m", "servers.cli", self.kind, "--model", self.model, "--device", self.device,
+        placement = [] if self.model is None else ["--model", self.model, "--device", self.device]
+        cmd = [sys.executable, "-m", "servers.cli", self.kind, *placement,
                "--host", self.host, "--port", str(self.port), *self.extra_args]
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("wb")

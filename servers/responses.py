@@ -27,6 +27,7 @@ ERROR_STATUSES: dict[int, str] = {
     422: "A field is missing or has the wrong type or value.",
     429: "The queue is full; retry after the Retry-After header.",
     500: "Internal error; the server log has the details.",
+    502: "Search server: an upstream model server (embed, mm-embed, rerank) failed or could not be reached.",
     503: "The model is still loading (or failed to load); retry after the Retry-After header.",
 }
 #: Statuses of a POST route that runs the model.

@@ -14,7 +14,7 @@ from typing import Any, get_type_hints
 from servers.kinds import KINDS, SERVER_KINDS, kind_spec
 
 ServerKind = str
-"""A key of :data:`servers.kinds.KINDS` (``embed``, ``rerank``, ``mm-embed``)."""
+"""A key of :data:`servers.kinds.KINDS` (``embed``, ``rerank``, ``mm-embed``, ``search``)."""
 ENV_PREFIX = "RAG_SERVE_"
 
 # Batching defaults: the one place they are written (the scheduler's ``BatchLimits`` refers to these).
@@ -79,13 +79,24 @@ class ServerSettings:
     cuda_graph_max_batch: int = 8
     cuda_graph_max_length: int = 512
     compile_cache_dir: str | None = None
+    # Search server (search): the Milvus collection it holds and the model servers it calls.
+    milvus_uri: str | None = None
+    collection: str | None = None
+    embed_url: str | None = None
+    mm_embed_url: str | None = None
+    rerank_url: str | None = None
+    upstream_api_key: str | None = None
 
     def __post_init__(self) -> None:
         problems = []
         if self.kind not in KINDS:
             problems.append(f"kind must be one of {', '.join(SERVER_KINDS)}; got {self.kind!r}")
-        if not self.model:
+        reads = KINDS[self.kind].settings if self.kind in KINDS else frozenset()
+        if "model" in reads and not self.model:
             problems.append("model is required (--model PATH_OR_HF_ID or RAG_SERVE_MODEL)")
+        for name in ("milvus_uri", "collection", "embed_url"):
+            if self.kind == "search" and not getattr(self, name):
+                problems.append(f"{name} is required (--{name.replace('_', '-')} or {env_var_name(name)})")
         for name in ("max_length", "max_batch_tokens", "max_batch_size", "max_queue_items", "max_client_batch"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1")
@@ -117,8 +128,9 @@ class ServerSettings:
 
     @property
     def model_name(self) -> str:
-        """Name reported to clients: ``served_model_name`` or the model path/ID."""
-        return self.served_model_name or self.model
+        """Name reported to clients: ``served_model_name``, else the model path/ID (the kind for a search
+        server, which holds no model)."""
+        return self.served_model_name or self.model or self.kind
 
     def with_overrides(self, **changes: Any) -> ServerSettings:
         return replace(self, **changes)

@@ -6,6 +6,7 @@
 * :class:`MilvusFieldVectorStore` (``BasePydanticVectorStore``): a vector store over one vector field of
   :class:`~rag_plugins.milvus.MultiVectorMilvusStore`.
 * :class:`HybridRetriever` (``BaseRetriever``): fused text + image-space search over that store.
+* :class:`SearchServiceRetriever` (``BaseRetriever``): the same search through a ``rag-serve search`` server.
 
 Importing this package needs the ``llamaindex`` extra; without it the import raises
 :class:`~rag_plugins.errors.MissingExtraError` naming ``pip install 'rag-plugins[llamaindex]'``. The classes
@@ -28,6 +29,7 @@ _LAZY = {
     "LocalRerank": "rag_plugins.llamaindex.rerank",
     "MilvusFieldVectorStore": "rag_plugins.llamaindex.milvus_store",
     "HybridRetriever": "rag_plugins.llamaindex.hybrid_retriever",
+    "SearchServiceRetriever": "rag_plugins.llamaindex.search_retriever",
 }
 
 

@@ -15,61 +15,19 @@ Example:
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Literal
+import time
+from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, Field, model_validator
 
 from rag_plugins.milvus.embedders import ImageSpaceEmbedder, TextEmbedder
-from rag_plugins.milvus.fusion import DEFAULT_RRF_K, Fusion
+from rag_plugins.milvus.fusion import Fusion
 from rag_plugins.milvus.store import Hit, MultiVectorMilvusStore
 
+# The wire models live in rag_plugins.protocol (the search server's routes declare them); re-exported here.
+from rag_plugins.protocol import Candidate, SearchRequest, SearchResponse
 
-class SearchRequest(BaseModel):
-    """A hybrid search over ``text_vec`` and ``image_vec``.
-
-    A text query is embedded into ``text_vec`` (text model) and into the image space (multimodal model's
-    text side); an image query into the image space (fused with the text when both are given). Fields with
-    no query vector, or disabled with ``use_text`` / ``use_image``, are not searched.
-    """
-
-    text: str | None = Field(None, description="Query text.")
-    image: str | None = Field(None, description="Query image: path, URL, data URI or base64.")
-    fusion: Literal["rrf", "weighted"] = "rrf"
-    weights: tuple[float, float] = Field((0.5, 0.5), description="(alpha, 1 - alpha) for text_vec / image_vec.")
-    rrf_k: int = DEFAULT_RRF_K
-    text_limit: int | None = Field(None, ge=1, description="Candidates from text_vec (default top_k).")
-    image_limit: int | None = Field(None, ge=1, description="Candidates from image_vec (default top_k).")
-    filters: str | dict[str, Any] | None = Field(None, description="Milvus expression or {field: value | [values]}.")
-    top_k: int = Field(10, ge=1, description="Fused candidates kept.")
-    use_text: bool = True
-    use_image: bool = True
-    rerank: bool = False
-    top_n: int | None = Field(None, ge=1, description="Candidates kept after the rerank stage (default all).")
-    output_fields: list[str] | None = Field(None, description="Stored fields returned (default all scalars).")
-
-    @model_validator(mode="after")
-    def _needs_query(self) -> SearchRequest:
-        if not self.text and self.image is None:
-            raise ValueError("give a text and/or an image query")
-        return self
-
-
-class Candidate(BaseModel):
-    """One answer: primary key, fused score, rerank score (when reranked) and stored fields."""
-
-    id: str
-    score: float = Field(description="Fused score (RRF or weighted) from the vector search.")
-    rerank_score: float | None = None
-    fields: dict[str, Any] = Field(default_factory=dict)
-
-
-class SearchResponse(BaseModel):
-    """Candidates best first (by rerank score when reranked, else by fused score)."""
-
-    candidates: list[Candidate]
-    fields_searched: list[str]
-    reranked: bool = False
+__all__ = ["Candidate", "SearchRequest", "SearchResponse", "SearchService"]
 
 
 class SearchService:
@@ -120,24 +78,30 @@ class SearchService:
         fusion = Fusion(request.fusion, rrf_k=request.rrf_k, weights=tuple(request.weights))  # type: ignore[arg-type]
         if request.rerank and self.reranker is None:
             raise ValueError("rerank=True but the search service has no reranker")
+        started = time.perf_counter()
         text_vec, image_vec = await self.embed(request)
+        embedded = time.perf_counter()
         if text_vec is None and image_vec is None:
             raise ValueError("no field to search: the query needs an embedder for text_vec or image_vec")
         hits: list[Hit] = await asyncio.to_thread(
             self.store.search, text_vec, image_vec, fusion=fusion, top_k=request.top_k,
             text_limit=request.text_limit, image_limit=request.image_limit, filters=request.filters,
         )
+        searched = time.perf_counter()
+        timings = {"embed": (embedded - started) * 1e3, "search": (searched - embedded) * 1e3}
         fields = [f for f, v in (("text_vec", text_vec), ("image_vec", image_vec)) if v is not None]
         candidates = [Candidate(id=h.id, score=h.score, fields=self._fields(h, request)) for h in hits]
         if not (request.rerank and candidates):
-            return SearchResponse(candidates=candidates, fields_searched=fields)
+            return SearchResponse(candidates=candidates, fields_searched=fields, timings_ms=timings)
         query: Any = request.text or ""
         if request.image is not None:
             query = {"text": request.text, "image": request.image} if request.text else {"image": request.image}
         docs = [h.fields.get("text") or h.fields.get("caption") or "" for h in hits]
         ranked = await self.reranker.arerank(query, docs, request.top_n)
         reranked = [candidates[r.index].model_copy(update={"rerank_score": float(r.score)}) for r in ranked]
-        return SearchResponse(candidates=reranked[: request.top_n], fields_searched=fields, reranked=True)
+        timings["rerank"] = (time.perf_counter() - searched) * 1e3
+        return SearchResponse(candidates=reranked[: request.top_n], fields_searched=fields, reranked=True,
+                              timings_ms=timings)
 
     @staticmethod
     def _fields(hit: Hit, request: SearchRequest) -> dict[str, Any]:

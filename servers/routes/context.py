@@ -9,7 +9,7 @@ from typing import TypeVar, cast
 
 from fastapi import Request
 
-from servers.engine_api import Engine, MultiModalEmbedder, Reranker, TextEmbedder, TokenEmbedder
+from servers.engine_api import Engine, MultiModalEmbedder, Reranker, Searcher, TextEmbedder, TokenEmbedder
 from servers.errors import NotReadyError, ServingError
 
 T = TypeVar("T")
@@ -48,6 +48,11 @@ def multimodal_embedder(request: Request) -> MultiModalEmbedder:
 def reranker(request: Request) -> Reranker:
     """The engine of the rerank routes."""
     return cast(Reranker, engine_of(request))
+
+
+def searcher(request: Request) -> Searcher:
+    """The engine of ``/search``."""
+    return cast(Searcher, engine_of(request))
 
 
 async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -24,10 +25,19 @@ def test_demo_prints_ranked_hits_and_exits_cleanly(tmp_path: Path) -> None:
     out = proc.stdout
     first_hits = [line.split()[2] for line in out.splitlines() if line.strip().startswith("1. ")]
     assert first_hits == ["01-pascal-cards.md", "12-cooking.md"], out
-    assert "server stopped" in out
+    assert "servers stopped" in out
     assert "Unclosed" not in proc.stderr
     # The vectors went to the Milvus Lite file: one row per corpus document, each with a text vector.
-    assert "into Milvus Lite (12 rows with a text vector)" in out
+    assert "12 rows with a text vector" in out
+    # The whole job ran through rag-serve search: per-stage timings (embed, search, rerank) per query, and
+    # rerank scores beside the fused scores.
+    assert "rag-serve search healthy" in out
+    timings = re.findall(r"\[embed (\d+\.\d) ms  search (\d+\.\d) ms  rerank (\d+\.\d) ms\]", out)
+    assert len(timings) == 2, out
+    assert all(float(v) > 0 for row in timings for v in row[::2]), timings  # embed and rerank really ran
+    first_lines = [line for line in out.splitlines() if line.strip().startswith("1. ")]
+    assert all("(fused " in line for line in first_lines), first_lines
+    assert all(float(line.split()[1]) > 0.5 for line in first_lines), first_lines  # MiniLM cosine of the best hit
     from rag_plugins.milvus.settings import MilvusStoreSettings
     from rag_plugins.milvus.store import MultiVectorMilvusStore
 

@@ -14,7 +14,7 @@ __all__ = ["REPO_ROOT", "free_port", "rag_serve"]
 
 
 @contextmanager
-def rag_serve(kind: str, model: Path | str, *extra: str, env: dict[str, str] | None = None,
+def rag_serve(kind: str, model: Path | str | None, *extra: str, env: dict[str, str] | None = None,
               startup_timeout_s: float = 180.0) -> Iterator[str]:
     """Run ``rag-serve KIND --model MODEL --device cpu`` on a free port; yield its base URL once /health is 200."""
     log_dir = Path(os.environ.get("PYTEST_SERVER_LOG_DIR", "/tmp"))

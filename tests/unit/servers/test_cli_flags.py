@@ -33,13 +33,31 @@ BEHAVIOUR_FLAGS = {"instruction", "api_keys", "max_body_bytes", "max_client_batc
 
 def _flags(kind: str) -> set[str]:
     """The settings names behind the flags of ``rag-serve KIND --help``."""
-    text = build_parser()._subparsers._group_actions[0].choices[kind].format_help()  # type: ignore[union-attr]
-    names = {m.replace("-", "_") for m in re.findall(r"--(?:no-)?([a-z][a-z0-9-]+)", text)} - {"help"}
+    parser = build_parser()._subparsers._group_actions[0].choices[kind]  # type: ignore[union-attr]
+    options = " ".join(o for action in parser._actions for o in action.option_strings)
+    names = {m.replace("-", "_") for m in re.findall(r"--(?:no-)?([a-z][a-z0-9-]+)", options)} - {"help"}
     return {"api_keys" if n == "api_key" else n for n in names}
+
+
+#: Model server kinds (the search kind holds no model; its flags have their own test below).
+MODEL_KINDS = [k for k in KINDS if "model" in KINDS[k].settings]
+UPSTREAM_KEY = "upstream-key"
+
+
+def _search_argv(milvus_uri: str, upstream: str) -> list[str]:
+    """Non-default values for every flag of ``rag-serve search``."""
+    return [
+        "--served-model-name", "flag-search", "--host", "127.0.0.2", "--port", "8765", "--api-key", KEY,
+        "--max-body-bytes", "150000", "--log-level", "warning", "--milvus-uri", milvus_uri, "--collection", "flags",
+        "--embed-url", upstream, "--mm-embed-url", upstream + "/", "--rerank-url", upstream + "//",
+        "--upstream-api-key", UPSTREAM_KEY,
+    ]
 
 
 def _argv(kind: str, model: Path, image_root: Path) -> list[str]:
     """Non-default values for every flag the kind has (the /info checks below expect these)."""
+    if kind == "search":
+        return _search_argv(str(image_root / "flags.db"), "http://127.0.0.1:9")
     argv = [
         "--model", str(model), "--served-model-name", "flag-model", "--device", "cpu", "--dtype", "float32",
         "--attention", "eager", "--host", "127.0.0.2", "--port", "8765", "--api-key", KEY, "--max-length", "200",
@@ -94,8 +112,9 @@ INFO_CHECKS: dict[str, tuple[str, Any]] = {
     "cuda_graph_max_length": ("cuda_graph_max_length", 256),
     "compile_cache_dir": ("compile_cache_dir", "/tmp/flag-inductor-cache"),
 }
-#: ``model`` and ``image_root`` are checked against paths only known at run time.
-RUNTIME_INFO_CHECKS = {"model", "image_root", "prompt_template"}
+#: ``model`` and ``image_root`` are checked against paths only known at run time; so are the search server's.
+RUNTIME_INFO_CHECKS = {"model", "image_root", "prompt_template", "milvus_uri", "collection", "embed_url",
+                       "mm_embed_url", "rerank_url", "upstream_api_key"}
 
 
 def test_every_flag_has_an_observation() -> None:
@@ -162,7 +181,7 @@ def _instruction_reaches_engine(kind: str, client: TestClient) -> None:
     assert not np.allclose(default, other, atol=1e-6)
 
 
-@pytest.mark.parametrize("kind", list(KINDS))
+@pytest.mark.parametrize("kind", MODEL_KINDS)
 def test_every_flag_reaches_the_server(
     kind: str, tiny_qwen3_embedding: Path, vl_reranker: Path, gme: Path, tmp_path: Path
 ) -> None:
@@ -189,3 +208,35 @@ def test_every_flag_reaches_the_server(
         assert big.status_code == 413  # max_body_bytes
         assert "max-body-bytes" in big.json()["error"]["message"]
         _instruction_reaches_engine(kind, client)
+
+
+def test_every_search_flag_reaches_the_server(tiny_qwen3_embedding: Path, tmp_path: Path) -> None:
+    """The search server opens --collection at --milvus-uri, calls the upstreams with --upstream-api-key (it
+    is healthy only once they answered), and /info shows what it runs with."""
+    from rag_plugins.milvus.settings import MilvusStoreSettings
+    from rag_plugins.milvus.store import MultiVectorMilvusStore
+    from tests.support.serve import rag_serve
+
+    uri = str(tmp_path / "flags.db")
+    MultiVectorMilvusStore(settings=MilvusStoreSettings(uri=uri, collection_name="flags", text_dim=64,
+                                                        image_dim=64)).close()
+    with rag_serve("embed", tiny_qwen3_embedding, "--api-key", UPSTREAM_KEY) as upstream:
+        args = build_parser().parse_args(["search", *_search_argv(uri, upstream)])
+        app = create_app(settings_from_args("search", args, {}))
+        with TestClient(app) as client:
+            deadline = time.monotonic() + 60
+            while client.get("/health").status_code != 200:  # upstream_api_key: /health of each upstream passed
+                assert time.monotonic() < deadline, client.get("/health").text
+                time.sleep(0.05)
+            assert client.get("/info").status_code == 401  # api_keys
+            info = client.get("/info", headers=AUTH).json()
+            assert info["kind"] == "search"
+            assert info["model"] == "flag-search"
+            assert (info["milvus_uri"], info["collection"], info["text_dim"]) == (uri, "flags", 64)
+            assert info["upstreams"] == {"embed": upstream, "mm_embed": upstream + "/", "rerank": upstream + "//"}
+            assert info["max_body_bytes"] == 150000
+            big = client.post("/search", content=b"x" * 150_001, headers={**AUTH, "Content-Type": "application/json"})
+            assert big.status_code == 413  # max_body_bytes
+            answer = client.post("/search", json={"text": "sky", "top_k": 3}, headers=AUTH)
+            assert answer.status_code == 200, answer.text  # the empty collection answers; embed took the key
+            assert answer.json()["candidates"] == []

@@ -1,0 +1,166 @@
+"""``rag-serve search``: a real search server over a Milvus Lite file, calling real MiniLM embed and rerank
+servers, answers exactly what the in-process ``HybridRetriever`` answers (ids and fused scores), with and
+without the rerank stage; bad input gets the error envelope; the LlamaIndex retriever reads it."""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import requests
+
+from rag_plugins.embedding_client import EmbeddingClient
+from rag_plugins.errors import ServerResponseError
+from rag_plugins.llamaindex.hybrid_retriever import HybridRetriever
+from rag_plugins.llamaindex.rerank import LocalRerank
+from rag_plugins.llamaindex.search_retriever import SearchServiceRetriever
+from rag_plugins.milvus.items import StoreItem
+from rag_plugins.milvus.settings import MilvusStoreSettings
+from rag_plugins.milvus.store import MultiVectorMilvusStore
+from rag_plugins.search_client import SearchClient
+from tests.support.serve import rag_serve
+
+DOCS = {
+    "mars": "Mars is the red planet, the fourth from the Sun.",
+    "venus": "Venus is the hottest planet, wrapped in thick clouds.",
+    "bread": "Bread needs flour, water, salt and yeast, then an hour in the oven.",
+    "pasta": "Boil pasta in salted water for about ten minutes.",
+    "gpu": "Pascal GPUs cannot compute in bfloat16; use float16 instead.",
+    "queue": "When the queue is full the server answers 429 with Retry-After.",
+    "moon": "The Moon has no atmosphere and shows the same face to Earth.",
+    "jupiter": "Jupiter is the largest planet and has a great red spot.",
+}
+QUERIES = ("Which planet is red?", "How do I bake bread?", "What does an overloaded server do?")
+#: Request options compared with HybridRetriever's (the seed request shape).
+CASES: tuple[dict[str, Any], ...] = (
+    {"fusion": "rrf", "rrf_k": 20, "top_k": 5, "text_limit": 6},
+    {"fusion": "weighted", "weights": (0.7, 0.3), "top_k": 4},
+    {"fusion": "rrf", "top_k": 6, "filters": {"doc_id": ["mars", "venus", "bread", "moon"]}},
+)
+TOP_N = 3
+
+
+@dataclass
+class SearchStack:
+    base: str
+    #: (query, case index) -> [(id, fused score)] from HybridRetriever, then the reranked [(id, rerank score)].
+    expected: dict[tuple[str, int], list[tuple[str, float]]]
+    reranked: dict[str, list[tuple[str, float]]]
+
+
+def _store(uri: str, embed_url: str) -> MultiVectorMilvusStore:
+    return MultiVectorMilvusStore(
+        text_embedder=EmbeddingClient(base_url=embed_url),
+        settings=MilvusStoreSettings(uri=uri, collection_name="docs", text_dim=384, image_dim=384),
+    )
+
+
+def _fill_and_expect(uri: str, embed_url: str, rerank_url: str) -> tuple[dict[tuple[str, int], list[tuple[str, float]]],
+                                                                          dict[str, list[tuple[str, float]]]]:
+    """Fill the collection and compute HybridRetriever's answers (run in a child process: Milvus Lite lets one
+    process hold the file, and this one would keep it after ``close()``)."""
+    store = _store(uri, embed_url)
+    try:
+        store.upsert([StoreItem(text=t, doc_id=k, chunk_id="0", modality="text", id=k) for k, t in DOCS.items()],
+                     show_progress=False)
+        retriever = HybridRetriever(store)
+        reranking = HybridRetriever(store, top_k=6, reranker=LocalRerank(base_url=rerank_url, top_n=TOP_N))
+        expected = {
+            (q, i): [(n.node.node_id, float(n.score or 0)) for n in retriever.retrieve_with(q, **case)]
+            for q in QUERIES for i, case in enumerate(CASES)
+        }
+        reranked = {q: [(n.node.node_id, float(n.score or 0)) for n in reranking.retrieve(q)] for q in QUERIES}
+    finally:
+        store.close()
+    return expected, reranked
+
+
+@pytest.fixture(scope="module")
+def search_stack(tmp_path_factory: pytest.TempPathFactory, minilm_server: str,
+                 minilm_rerank_server: str) -> Iterator[SearchStack]:
+    uri = str(tmp_path_factory.mktemp("search") / "search.db")
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        expected, reranked = pool.submit(_fill_and_expect, uri, minilm_server, minilm_rerank_server).result()
+    with rag_serve("search", None, "--milvus-uri", uri, "--collection", "docs", "--embed-url", minilm_server,
+                   "--rerank-url", minilm_rerank_server, startup_timeout_s=60) as base:
+        yield SearchStack(base, expected, reranked)
+
+
+def _post(base: str, body: dict[str, Any]) -> requests.Response:
+    return requests.post(f"{base}/search", json=body, timeout=60)
+
+
+def test_search_server_equals_hybrid_retriever(search_stack: SearchStack) -> None:
+    for (query, i), want in search_stack.expected.items():
+        case = {**CASES[i], "weights": list(CASES[i].get("weights", (0.5, 0.5)))}
+        resp = _post(search_stack.base, {"text": query, **case})
+        assert resp.status_code == 200, resp.text
+        answer = resp.json()
+        got = [(c["id"], c["score"]) for c in answer["candidates"]]
+        assert [g[0] for g in got] == [w[0] for w in want], (query, case)
+        assert [g[1] for g in got] == pytest.approx([w[1] for w in want], rel=1e-5, abs=1e-7)
+        assert answer["fields_searched"] == ["text_vec"]
+        assert answer["reranked"] is False
+        assert set(answer["timings_ms"]) == {"embed", "search"}
+        assert all(c["fields"]["text"] == DOCS[c["id"]] for c in answer["candidates"])
+    assert {k for (_, i), v in search_stack.expected.items() if i == 2 for k, _ in v} <= {"mars", "venus", "bread",
+                                                                                             "moon"}
+
+
+def test_search_server_reranks_like_local_rerank(search_stack: SearchStack) -> None:
+    for query, want in search_stack.reranked.items():
+        resp = _post(search_stack.base, {"text": query, "top_k": 6, "rerank": True, "top_n": TOP_N})
+        assert resp.status_code == 200, resp.text
+        answer = resp.json()
+        assert answer["reranked"] is True
+        assert set(answer["timings_ms"]) == {"embed", "search", "rerank"}
+        got = answer["candidates"]
+        assert [c["id"] for c in got] == [w[0] for w in want]
+        assert [c["rerank_score"] for c in got] == pytest.approx([w[1] for w in want], rel=1e-5, abs=1e-6)
+        fused = {c["id"]: c["score"] for c in _post(search_stack.base, {"text": query, "top_k": 6}).json()["candidates"]}
+        assert all(c["score"] == pytest.approx(fused[c["id"]]) for c in got)  # fused score kept beside rerank
+    assert search_stack.reranked["Which planet is red?"][0][0] == "mars"
+
+
+@pytest.mark.parametrize(("body", "status"), [
+    ({"top_k": 3}, 422),  # no query
+    ({"text": "x", "fusion": "max"}, 422),
+    ({"text": "x", "top_k": 0}, 422),
+    ({"text": "x", "fusion": "weighted", "weights": [0.9, 0.9]}, 400),  # weights must sum to 1
+    ({"text": "x", "filters": {"no_such_field": 1}}, 400),
+    ({"text": "x", "image": "aGVsbG8="}, 400),  # no --mm-embed-url
+    ({"text": "x", "image": "/etc/hostname"}, 400),  # a path on the search server's host is never read
+])
+def test_bad_input_gets_the_envelope_and_the_server_stays_healthy(search_stack: SearchStack, body: dict[str, Any],
+                                                                  status: int) -> None:
+    resp = _post(search_stack.base, body)
+    assert resp.status_code == status, resp.text
+    error = resp.json()["error"]
+    assert error["code"] == status
+    assert error["message"]
+    assert requests.get(f"{search_stack.base}/health", timeout=5).status_code == 200
+
+
+def test_info_and_clients(search_stack: SearchStack) -> None:
+    client = SearchClient(base_url=search_stack.base)
+    info = client.info()
+    assert info["kind"] == "search"
+    assert info["collection"] == "docs"
+    assert set(info["upstreams"]) == {"embed", "rerank"}
+    query = QUERIES[0]
+    want = search_stack.expected[(query, 0)]
+    sync = client.search(query, **CASES[0])
+    assert [c.id for c in sync.candidates] == [w[0] for w in want]
+    async_answer = asyncio.run(client.asearch(query, top_k=6, rerank=True, top_n=TOP_N))
+    assert [c.id for c in async_answer.candidates] == [w[0] for w in search_stack.reranked[query]]
+    nodes = SearchServiceRetriever(client, top_k=6, rerank=True, top_n=TOP_N).retrieve(query)
+    assert [n.node.node_id for n in nodes] == [w[0] for w in search_stack.reranked[query]]
+    assert [n.score for n in nodes] == pytest.approx([w[1] for w in search_stack.reranked[query]])
+    assert nodes[0].node.get_content() == DOCS["mars"]
+    with pytest.raises(ServerResponseError, match="text and/or an image"):
+        client.search(None, top_k=3)
