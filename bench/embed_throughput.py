@@ -298,7 +298,8 @@ def wait_accelerated(base: str, timeout_s: float) -> dict[str, Any]:
     info: dict[str, Any] = {}
     while time.perf_counter() < deadline:
         info = get_json(base + "/info").get("acceleration", {})
-        if all(str(info.get(k, "off")).split(" ")[0] in ("ready", "off", "failed") for k in ("graphs", "compile")):
+        if all(str(info.get(k, "off")) in ("ready", "off", "failed") or str(info.get(k, "")).startswith("off")
+               for k in ("graphs", "compile")):
             return info
         time.sleep(1.0)
     return {**info, "timeout": True}

@@ -18,8 +18,8 @@ rerankers) runs its batches through :class:`LastTokenDecoder`:
   bucket padding), compiled and warmed in the background with the inductor cache on disk (a restart is
   warm), then swapped into every layer at once. Between layers the forward stays Python, so the
   priority gate (:class:`~servers.backends.torch_runtime.PriorityGate`) still pauses bulk work for a query.
-  Once compiled, the graphs are captured again from the compiled layers (fewer, fused kernels per query).
-  Needs Triton (compute capability >= 7.0);
+  The priority graphs stay those of the eager forward (compiled layers did not capture on the H200 run
+  of 2026-12-02: each call inside a capture fell back to eager). Needs Triton (compute capability >= 7.0);
 * until a bucket is captured or the compilation is done, that work runs eager: start-up is never blocked.
 
 The graph/compiled output is the head's: pooled hidden states (embedders) or raw yes/no scores (rerankers),
@@ -124,8 +124,11 @@ class _LayerForward:
         if self.enabled.is_set():
             try:
                 return self.compiled(*args, **kwargs)
-            except Exception:
+            except Exception as exc:
                 self.failures += 1
+                if self.failures == 1:  # once per layer: enough to diagnose, never a log flood
+                    logger.warning("compiled decoder layer fell back to eager (%s: %s)", type(exc).__name__,
+                                   str(exc)[:300])
         return self.eager(*args, **kwargs)
 
 
@@ -269,8 +272,11 @@ class LastTokenDecoder:
             with torch.cuda.device(device):
                 if self.graphs_enabled:
                     self._capture_graphs("eager")
-                if self.compile_enabled and self._compile() and self.graphs_enabled:
-                    self._capture_graphs("compiled")  # the same buckets again, from the fused kernels
+                if self.compile_enabled:
+                    # The graphs stay those of the eager forward: on the H200 run of 2026-12-02 every compiled
+                    # layer call made inside a capture fell back to eager (see _LayerForward), so capturing
+                    # again from the compiled layers only held the graph lock for seconds.
+                    self._compile()
         except Exception:  # never take the server down: it keeps serving eager
             logger.exception("%s: acceleration failed; serving eager", self.name)
 
