@@ -6,9 +6,9 @@ works without llama-index installed; touching ``rag_plugins.LocalEmbedding`` the
 
 from __future__ import annotations
 
-from typing import Any
-
 __version__ = "0.1.0"
+
+from rag_plugins.optional import lazy_attributes
 
 _LAZY = {
     "LocalEmbedding": "rag_plugins.llamaindex.embedding",
@@ -23,12 +23,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'rag_plugins' has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, _LAZY)
 
 
 __all__ = [*sorted(_LAZY), "__version__"]

@@ -17,9 +17,7 @@ are loaded lazily, so ``import rag_plugins.llamaindex`` stays cheap. The older p
 
 from __future__ import annotations
 
-from typing import Any
-
-from rag_plugins.optional import require
+from rag_plugins.optional import lazy_attributes, require
 
 require("llama_index.core", "llamaindex")
 
@@ -33,12 +31,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'rag_plugins.llamaindex' has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, _LAZY)
 
 
 __all__ = sorted(_LAZY)

@@ -7,7 +7,7 @@ Both are imported lazily so a missing extra is named when the class is first tou
 
 from __future__ import annotations
 
-from typing import Any
+from rag_plugins.optional import lazy_attributes
 
 _LAZY = {
     "MultiVectorMilvusStore": "rag_plugins.milvus.store",
@@ -30,12 +30,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'rag_plugins.milvus' has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, _LAZY)
 
 
 __all__ = sorted(_LAZY)

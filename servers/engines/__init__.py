@@ -6,8 +6,7 @@ EmbeddingEngine``): the search engine (``servers.engines.search``) lives in this
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from rag_plugins.optional import lazy_attributes
 
 _LAZY = {
     "EngineBase": "servers.engines.base",
@@ -19,10 +18,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, _LAZY)
 
 
 __all__ = ["EmbeddingEngine", "EmbeddingResult", "EngineBase", "RerankEngine", "RerankResult", "ScoreResult"]
