@@ -1,4 +1,4 @@
-"""Torch backend of Qwen-VL last-token embedders (GME-Qwen2-VL, Qwen3-VL-Embedding; DESIGN §4).
+"""Torch backend of Qwen-VL last-token embedders (GME-Qwen2-VL, Qwen3-VL-Embedding).
 
 GME's remote code pins transformers < 4.52 and the stock Qwen-VL processors import torchvision (for video),
 so this project runs the recipes itself on the current transformers ``Qwen2VLModel`` / ``Qwen3VLModel``

@@ -1,4 +1,4 @@
-"""Multimodal embedding recipes (DESIGN §4), resolved from the model's ``config.json``, never its name.
+"""Multimodal embedding recipes, resolved from the model's ``config.json``, never its name.
 
 Every recipe formats one input as one chat turn,
 
