@@ -164,3 +164,23 @@ def test_info_and_clients(search_stack: SearchStack) -> None:
     assert nodes[0].node.get_content() == DOCS["mars"]
     with pytest.raises(ServerResponseError, match="text and/or an image"):
         client.search(None, top_k=3)
+
+
+def test_search_server_matches_its_openapi(search_stack: SearchStack) -> None:
+    """Every route of the search server answers what its ``/openapi.json`` declares (validated live)."""
+    from tests.e2e.test_openapi_contract import _check, _check_declared, _spec
+
+    base = search_stack.base
+    spec = _spec(base)
+    seen: set[str] = set()
+    for path, methods in spec["paths"].items():
+        if "get" in methods and path != "/metrics":
+            _check(base, spec, "get", path, 200, seen)
+    answer = _check(base, spec, "post", "/search", 200, seen, body={"text": QUERIES[0], "top_k": 3, "rerank": True,
+                                                                      "top_n": 2})
+    assert len(answer["candidates"]) == 2
+    _check(base, spec, "post", "/search", 422, seen, body={"top_k": 3})
+    _check(base, spec, "post", "/search", 400, seen, body={"text": "x", "filters": {"no_such_field": 1}})
+    _check(base, spec, "post", "/search", 400, seen, data=b"{not json")
+    _check_declared(spec, seen)
+    assert "502" in spec["paths"]["/search"]["post"]["responses"]  # an upstream server failing
