@@ -143,7 +143,8 @@ def measure_compiled_ceiling(model: Any, seq_len: int, batch: int, device: str, 
     with torch.inference_mode():
         for _ in range(2):
             decoder._pooled(ids, last)
-        torch.cuda.synchronize() if device.startswith("cuda") else None
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
         runs, started = 0, time.perf_counter()
         while True:
             decoder._pooled(ids, last)

@@ -271,7 +271,7 @@ class LastTokenDecoder:
         try:
             with torch.cuda.device(device):
                 if self.graphs_enabled:
-                    self._capture_graphs("eager")
+                    self._capture_graphs()
                 if self.compile_enabled:
                     # The graphs stay those of the eager forward: on the H200 run of 2026-12-02 every compiled
                     # layer call made inside a capture fell back to eager (see _LayerForward), so capturing
@@ -280,47 +280,41 @@ class LastTokenDecoder:
         except Exception:  # never take the server down: it keeps serving eager
             logger.exception("%s: acceleration failed; serving eager", self.name)
 
-    def _capture_graphs(self, source: str) -> None:
+    def _capture_graphs(self) -> None:
         device = self.placement.device
-        self._stats["graphs"] = "capturing" if source == "eager" else "ready (recapturing from compiled layers)"
+        self._stats["graphs"] = "capturing"
         started = time.perf_counter()
         torch.cuda.synchronize(device)
         reserved_before = torch.cuda.memory_reserved(device)
         pool = torch.cuda.graph_pool_handle()
         side = torch.cuda.Stream(device=device)
-        captured: dict[tuple[int, int], _GraphBucket] = {}
         failed = 0
         # Largest first: the shared pool is sized by the largest bucket once, the rest fit inside it.
         for key in sorted(self._buckets, key=lambda k: k[0] * k[1], reverse=True):
             try:
                 with self._graph_lock:
-                    captured[key] = _GraphBucket(self._pooled, key[0], key[1], self.pad_id, device, pool, side)
-                    if source == "eager":
-                        self._graphs[key] = captured[key]
+                    self._graphs[key] = _GraphBucket(self._pooled, key[0], key[1], self.pad_id, device, pool, side)
             except Exception as exc:
                 failed += 1
                 logger.warning("%s: CUDA graph capture of bucket %s failed (%s)", self.name, key, exc)
-        if source != "eager":
-            with self._graph_lock:
-                self._graphs = captured  # the eager graphs' pool is freed with them
         seconds = time.perf_counter() - started
         torch.cuda.synchronize(device)
         pool_bytes = max(0, torch.cuda.memory_reserved(device) - reserved_before)
         self._stats.update(
-            graphs="ready" if self._graphs else "failed", graph_source=source, graph_buckets=sorted(self._graphs),
+            graphs="ready" if self._graphs else "failed", graph_buckets=sorted(self._graphs),
             graph_capture_s=round(seconds, 2), graph_pool_bytes=int(pool_bytes), graph_failures=failed,
         )
-        logger.info("%s: captured %d CUDA graphs from the %s forward in %.1fs (%.0f MiB pool)", self.name,
-                    len(captured), source, seconds, pool_bytes / 2**20)
+        logger.info("%s: captured %d CUDA graphs in %.1fs (%.0f MiB pool)", self.name, len(self._graphs), seconds,
+                    pool_bytes / 2**20)
 
-    def _compile(self) -> bool:
+    def _compile(self) -> None:
         """Compile the decoder layer (regional compilation), warm it on the shapes serving will use, switch
-        every layer to it. Returns whether it is on."""
+        every layer to it."""
         device = self.placement.device
         layers = decoder_layers(self.decoder)
         if not layers:
             self._stats["compile"] = "off (no layer stack found)"
-            return False
+            return
         # --compile-cache-dir wins; without it an inherited TORCHINDUCTOR_CACHE_DIR does, then our default.
         if self.acceleration.compile_cache_dir:
             os.environ["TORCHINDUCTOR_CACHE_DIR"] = self.acceleration.compile_cache_dir
@@ -362,7 +356,6 @@ class LastTokenDecoder:
                            compiled_layers=len(wrappers))
         logger.info("%s: compiled decoder layer ready in %.1fs for %d layers (cache %s)", self.name, seconds,
                     len(wrappers), cache)
-        return True
 
     def info(self) -> dict[str, Any]:
         """Acceleration state for ``/info``: requested modes, what is ready, warm-up times, graph memory."""

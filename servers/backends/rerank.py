@@ -26,6 +26,7 @@ from servers.backends.torch_runtime import (
     HostResult,
     LaneStreams,
     ThreadLocalTokenizer,
+    is_causal,
     last_token_index,
     model_load_kwargs,
     model_max_length,
@@ -147,7 +148,7 @@ class DecoderPairScorer:
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.pad_token_id = int(pad) if pad is not None else 0
         self._streams = LaneStreams(placement, self.model)
-        causal = all(bool(m.is_causal) for m in self.model.modules() if isinstance(getattr(m, "is_causal", None), bool))
+        causal = is_causal(self.model)
         # Causal decoders run right-padded without a mask (exact; graphs and compilation need it).
         self.decoder = LastTokenDecoder(
             self.model, placement, self.pad_token_id, self.head.raw, acceleration or AccelerationSettings(),

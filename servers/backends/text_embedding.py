@@ -16,6 +16,7 @@ from servers.backends.torch_runtime import (
     HostResult,
     LaneStreams,
     ThreadLocalTokenizer,
+    is_causal,
     last_token_index,
     model_load_kwargs,
     model_max_length,
@@ -120,7 +121,7 @@ class LastTokenEmbedder:
         self.eos_token_id: int | None = resolve_end_token_id(tokenizer, recipe)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_token_id
         self.pad_token_id = int(pad) if pad is not None else 0
-        causal = all(bool(m.is_causal) for m in self.model.modules() if isinstance(getattr(m, "is_causal", None), bool))
+        causal = is_causal(self.model)
         self.padding = padding if causal else "left"
         self._streams = LaneStreams(placement, self.model)
         # Right padding without a mask is what graphs and compilation run (see servers.backends.accelerated).

@@ -210,6 +210,12 @@ def pad_batch(
     return ids.to(device, non_blocking=non_blocking), mask.to(device, non_blocking=non_blocking)
 
 
+def is_causal(model: Any) -> bool:
+    """Whether every attention module of ``model`` that says so is causal (right pads then never reach a
+    real token, so right padding without a mask is exact)."""
+    return all(bool(m.is_causal) for m in model.modules() if isinstance(getattr(m, "is_causal", None), bool))
+
+
 def positions_from_mask(mask: torch.Tensor) -> torch.Tensor:
     """Position ids that start at 0 on each row's first real token (so left padding does not shift RoPE)."""
     return (mask.cumsum(dim=1) - 1).clamp(min=0)
