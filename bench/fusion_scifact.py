@@ -21,7 +21,8 @@ exactness with random weights, which cannot rank).
     python -m bench.fusion_scifact --data ../shared/data/scifact            # starts rag-serve (MiniLM, CPU)
     python -m bench.fusion_scifact --data ../shared/data/scifact --base-url http://127.0.0.1:8001
 
-Embeddings are cached in ``--cache`` (outside the repository). Writes ``bench/results/fusion_scifact.json``
+The data is read in place (``--data`` inside the repository is refused) and nothing derived from it is kept
+on disk: the corpus is embedded on every run. Writes metrics only to ``bench/results/fusion_scifact.json``
 and ``.md`` and prints the table.
 """
 
@@ -58,12 +59,7 @@ def load_titles(folder: Path) -> dict[str, str]:
 
 
 def embeddings(args: argparse.Namespace, full: list[str], titles: list[str], queries: list[str]) -> dict[str, np.ndarray]:
-    """``{"full", "title", "query"}`` → (n, dim) float32, from the cache or the embedding server."""
-    cache = Path(args.cache)
-    if cache.exists():
-        data = dict(np.load(cache))
-        if data["full"].shape[0] == len(full) and data["query"].shape[0] == len(queries):
-            return data
+    """``{"full", "title", "query"}`` → (n, dim) float32 from the embedding server."""
     server_args = SimpleNamespace(base_url=args.base_url, model=args.model, model_name=None, dtype=None,
                                   device=args.device)
     with _server(server_args) as base:  # type: ignore[arg-type]
@@ -72,8 +68,6 @@ def embeddings(args: argparse.Namespace, full: list[str], titles: list[str], que
             "title": asyncio.run(embed_all(base, titles, "document", 64, 4, "titles")),
             "query": asyncio.run(embed_all(base, queries, "query", 64, 4, "queries")),
         }
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(cache, **out)
     return out
 
 
@@ -149,7 +143,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p.add_argument("--base-url", default="", help="a running embed server (else rag-serve is started)")
     p.add_argument("--model", default="minilm", help="model for the started server (minilm = all-MiniLM-L6-v2)")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "fusion_scifact_minilm.npz"))
     p.add_argument("--candidates", type=int, default=100, help="per-field candidates before fusion")
     p.add_argument("--rrf-ks", default="1,5,10,20,40,60,100")
     p.add_argument("--alphas", default="0,0.2,0.4,0.5,0.6,0.7,0.8,0.9,1")
