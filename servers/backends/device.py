@@ -6,6 +6,9 @@
 * CUDA compute capability >= 8.0: bfloat16, SDPA (FlashAttention-2 only when asked for and installed).
 
 ``--dtype`` and ``--attention`` override the choice; an impossible override is refused with a clear error.
+
+On CUDA, SDPA never uses its cuDNN backend (flash / memory-efficient kernels instead): cuDNN attention builds
+an execution plan for every new (batch, length) shape, and a server sees a new shape in nearly every batch.
 """
 
 from __future__ import annotations
@@ -51,6 +54,16 @@ def resolve_device(requested: str) -> torch.device:
     return device
 
 
+def use_shape_stable_sdpa() -> None:
+    """Turn off SDPA's cuDNN backend for this process (flash and memory-efficient attention remain).
+
+    The bulk lane's py-spy profile on the H200 (2026-12-02) had ~60% of the model thread inside one attention
+    op of the compiled layer: host time building a plan per new input shape, while the GPU idled. The flash
+    and memory-efficient kernels take any shape at no host cost; Pascal cards use the latter.
+    """
+    torch.backends.cuda.enable_cudnn_sdp(False)
+
+
 def choose_placement(device: str = "auto", dtype: str = "auto", attention: str = "auto") -> Placement:
     """Pick dtype and attention for ``device`` following the hardware rules above."""
     dev = resolve_device(device)
@@ -83,4 +96,6 @@ def choose_placement(device: str = "auto", dtype: str = "auto", attention: str =
             if chosen_dtype == torch.float32:
                 raise ValueError("FlashAttention-2 runs in float16/bfloat16 only")
         chosen_attention = attention
+    if dev.type == "cuda" and chosen_attention == "sdpa":
+        use_shape_stable_sdpa()
     return Placement(device=dev, dtype=chosen_dtype, attention=chosen_attention, compute_capability=capability)

@@ -37,6 +37,8 @@ class ThreadLocalTokenizer:
 #: Decoder layers a bulk thread may launch ahead of the GPU (enough to keep it busy, few enough that a
 #: query's kernels wait behind little bulk work).
 BULK_LAYERS_AHEAD = 4
+#: Whether a priority-lane forward pauses bulk layer launches until its result is on the host.
+PRIORITY_PAUSES_BULK = True
 
 
 class PriorityGate:
@@ -51,7 +53,8 @@ class PriorityGate:
     would sit in front of every query's kernels.
     """
 
-    def __init__(self, max_layers_ahead: int | None = None) -> None:
+    def __init__(self, max_layers_ahead: int | None = None, pause_bulk: bool = True) -> None:
+        self._pause_bulk = pause_bulk
         self._lock = threading.Lock()
         self._active = 0
         self._idle = threading.Event()
@@ -62,8 +65,8 @@ class PriorityGate:
     @contextlib.contextmanager
     def lane(self, lane: str) -> Iterator[None]:
         """Mark the calling thread's forward as ``priority`` (blocks bulk layers) or ``bulk`` (yields)."""
-        if lane != "priority":
-            self._local.bulk = True
+        if lane != "priority" or not self._pause_bulk:
+            self._local.bulk = lane != "priority"
             try:
                 yield
             finally:
@@ -125,7 +128,7 @@ class LaneStreams:
     def __init__(self, placement: Placement, model: Any | None = None) -> None:
         self._streams: dict[str, Any] = {}
         cuda = placement.device.type == "cuda"
-        self.gate = PriorityGate(BULK_LAYERS_AHEAD if cuda else None)
+        self.gate = PriorityGate(BULK_LAYERS_AHEAD if cuda else None, PRIORITY_PAUSES_BULK)
         if model is not None:
             self.gate.watch(model)
         if placement.device.type == "cuda":
