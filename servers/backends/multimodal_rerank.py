@@ -14,6 +14,7 @@ the two LM-head rows ``[no, yes]`` (the 150k-wide vocabulary projection is never
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -34,7 +35,7 @@ from servers.backends.multimodal import (
     vision_language_class,
     vision_model_inputs,
 )
-from servers.backends.rerank import ScoreHead
+from servers.backends.rerank import PreparedScoring, ScoreHead, scores_per_item
 from servers.backends.torch_runtime import (
     HostResult,
     LaneStreams,
@@ -43,7 +44,8 @@ from servers.backends.torch_runtime import (
     model_max_length,
     pad_batch,
 )
-from servers.errors import RequestTooLargeError
+from servers.errors import RequestTooLargeError, ServingError
+from servers.images import MultiModalInput
 from servers.recipes.multimodal import IMAGE_PAD, VISION_END, VISION_START, PositionScheme
 from servers.recipes.rerank import RerankRecipe
 
@@ -157,7 +159,46 @@ class QwenVLPairScorer:
     def acceleration_info(self) -> dict[str, Any]:
         return {**self.text_decoder.info(), "images": "eager"}
 
+    def describe(self) -> dict[str, Any]:
+        return {"min_pixels": self.min_pixels, "max_pixels": self.max_pixels, "vision_positions": self.positions}
+
     # --------------------------------------------------------------------------------------------- prepare
+    def prepare(self, pairs: Sequence[tuple[Any, Any]], instruction: str | None, truncate: bool) -> PreparedScoring:
+        """Process each distinct image once and tokenize every pair (see
+        :class:`~servers.backends.rerank.PairScoringBackend`).
+
+        Args:
+            pairs: (query, document); each a text or a :class:`~servers.images.MultiModalInput` whose image is
+                a decoded PIL image (the engine loads image sources under its policy).
+            instruction: None for the recipe's default.
+        """
+        task = instruction if instruction is not None else (self.recipe.default_instruction() or "")
+        processed: dict[int, ProcessedImage] = {}  # a query image repeated over the request is processed once
+
+        def side(item: Any) -> PairSide:
+            if isinstance(item, str):
+                return PairSide(text=item)
+            assert isinstance(item, MultiModalInput)
+            image: ProcessedImage | None = None
+            if item.image is not None:
+                key = id(item.image)
+                if key not in processed:
+                    processed[key] = self.process_image(item.image)
+                image = processed[key]
+            return PairSide(text=item.text, image=image)
+
+        out: list[PreparedPair] = []
+        for i, (q, d) in enumerate(pairs):
+            try:
+                out.append(self.prepare_pair(side(q), side(d), task, truncate))
+            except ServingError as exc:
+                exc.message = f"pair {i}: {exc.message}"
+                exc.args = (exc.message,)
+                raise
+        return PreparedScoring(list(out), [len(p.ids) for p in out])
+
+    finish = staticmethod(scores_per_item)
+
     def process_image(self, image: Image.Image) -> ProcessedImage:
         """Run the image processor on one decoded image (blocking CPU work)."""
         pixel_values, grid, tokens = process_image(self.image_processor, image, self.pre_resize)

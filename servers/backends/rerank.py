@@ -1,8 +1,11 @@
 """Torch backends for reranking: pair scorers (decoder last-token head, encoder cross-encoder) and a bi-encoder.
 
-Every backend tokenizes on the engine's tokenizer threads (``tokenize_*``) and runs one padded batch per
-call of ``forward`` in a scheduler lane's model thread. ``forward`` returns *raw* scores (before the
-recipe's activation) for pair scorers, or un-normalised embeddings for the bi-encoder. Results never depend
+Every reranking backend (these three and :class:`~servers.backends.multimodal_rerank.QwenVLPairScorer`) keeps
+one contract, :class:`PairScoringBackend`: ``prepare`` (CPU, the engine's tokenizer threads: format and
+tokenize a request's pairs into scheduler items) -> ``launch`` (a scheduler lane's model thread: queue one
+padded batch on the device; ``forward`` = launch + wait) -> ``finish`` (one *raw* score per pair, before the
+recipe's activation, from the items' outputs). The engine validates, schedules and assembles; it never asks
+which backend it holds. Results never depend
 on the batch an item lands in: causal decoders run right-padded without a mask through
 :class:`~servers.backends.accelerated.LastTokenDecoder` (graphs / compilation on CUDA) and are read at each
 row's last real token; encoders mask their padding.
@@ -14,7 +17,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -33,6 +36,7 @@ from servers.backends.torch_runtime import (
     pad_batch,
     positions_from_mask,
 )
+from servers.errors import RequestTooLargeError
 from servers.recipes.rerank import RerankRecipe
 
 logger = logging.getLogger(__name__)
@@ -55,6 +59,74 @@ class EncodedInput:
     @property
     def truncated(self) -> bool:
         return self.original_length > len(self.ids)
+
+
+@dataclass(frozen=True)
+class PreparedScoring:
+    """A request's model inputs and how their outputs become one raw score per pair.
+
+    Attributes:
+        items: Scheduler payloads, one per model input (a pair, or one distinct text of a bi-encoder).
+        costs: Token cost of each item.
+        pair_rows: None when item ``i`` is pair ``i``; else int (n_pairs, 2): the items holding each pair's
+            query and document (a bi-encoder embeds each distinct text once).
+    """
+
+    items: list[Any]
+    costs: list[int]
+    pair_rows: np.ndarray | None = None
+
+
+class PairScoringBackend(Protocol):
+    """What the rerank engine needs of a backend (see the module docstring)."""
+
+    recipe: RerankRecipe
+    placement: Placement
+    max_length: int
+
+    def prepare(self, pairs: Sequence[tuple[Any, Any]], instruction: str | None, truncate: bool) -> PreparedScoring:
+        """Format and tokenize validated pairs (texts; query/document inputs on image rerankers).
+
+        ``instruction`` None means the recipe's default. Raises RequestTooLargeError for an input over
+        ``max_length`` when ``truncate`` is False."""
+        ...
+
+    def launch(self, batch: list[Any], lane: str) -> HostResult: ...
+
+    def forward(self, batch: list[Any], lane: str) -> np.ndarray: ...
+
+    def finish(self, prepared: PreparedScoring, outputs: Sequence[Any]) -> np.ndarray:
+        """Raw scores, float32 (n_pairs,), pair order."""
+        ...
+
+    def describe(self) -> dict[str, Any]:
+        """Backend-specific ``/info`` fields."""
+        ...
+
+    def start_acceleration(self) -> None: ...
+
+    def acceleration_info(self) -> dict[str, Any]: ...
+
+
+def check_lengths(encoded: Sequence[EncodedInput], truncate: bool, limit: int, what: str) -> None:
+    """Refuse an input that had to be cut when the request said ``truncate=false``.
+
+    Raises:
+        RequestTooLargeError: naming the first such input (``what`` i) and its length.
+    """
+    if truncate:
+        return
+    for i, item in enumerate(encoded):
+        if item.truncated:
+            raise RequestTooLargeError(
+                f"{what} {i} has {item.original_length} tokens, over the limit of {limit}; "
+                "shorten it or send truncate=true"
+            )
+
+
+def scores_per_item(prepared: PreparedScoring, outputs: Sequence[Any]) -> np.ndarray:
+    """``finish`` of a pair scorer: item ``i`` is pair ``i`` and its output is the raw score. Returns (n,)."""
+    return np.asarray(outputs, dtype=np.float32).reshape(len(prepared.items))
 
 
 def raw_from_logits(logits: torch.Tensor) -> torch.Tensor:
@@ -162,6 +234,18 @@ class DecoderPairScorer:
     def acceleration_info(self) -> dict[str, Any]:
         return self.decoder.info() if self.decoder is not None else {"graphs": "off", "compile": "off"}
 
+    def prepare(self, pairs: Sequence[tuple[str, str]], instruction: str | None, truncate: bool) -> PreparedScoring:
+        """Tokenize pairs with the instruction (None: the recipe's default); see :class:`PairScoringBackend`."""
+        task = instruction if instruction is not None else (self.recipe.default_instruction() or "")
+        encoded = self.tokenize_pairs(list(pairs), task)
+        check_lengths(encoded, truncate, self.max_length, "pair")
+        return PreparedScoring(list(encoded), [len(e.ids) for e in encoded])
+
+    finish = staticmethod(scores_per_item)
+
+    def describe(self) -> dict[str, Any]:
+        return {}
+
     def tokenize_pairs(self, pairs: list[tuple[str, str]], instruction: str) -> list[EncodedInput]:
         """Format and tokenize pairs; only the middle part is truncated (prefix/suffix always whole)."""
         middles = [self.template.format_middle(instruction, q, d) for q, d in pairs]
@@ -221,6 +305,17 @@ class CrossEncoderPairScorer:
     def acceleration_info(self) -> dict[str, Any]:
         return {"graphs": "off (encoder)", "compile": "off (encoder)"}
 
+    def prepare(self, pairs: Sequence[tuple[str, str]], instruction: str | None, truncate: bool) -> PreparedScoring:
+        """Tokenize pairs (cross-encoders take no instruction); see :class:`PairScoringBackend`."""
+        encoded = self.tokenize_pairs(list(pairs))
+        check_lengths(encoded, truncate, self.max_length, "pair")
+        return PreparedScoring(list(encoded), [len(e.ids) for e in encoded])
+
+    finish = staticmethod(scores_per_item)
+
+    def describe(self) -> dict[str, Any]:
+        return {}
+
     def tokenize_pairs(self, pairs: list[tuple[str, str]], instruction: str | None = None) -> list[EncodedInput]:
         """Tokenize (query, document) pairs; ``instruction`` is ignored (cross-encoders take none)."""
         tok = self._tokenizer.get()
@@ -275,6 +370,33 @@ class BiEncoderScorer:
     def acceleration_info(self) -> dict[str, Any]:
         return self.embedder.acceleration_info()
 
+    def prepare(self, pairs: Sequence[tuple[str, str]], instruction: str | None, truncate: bool) -> PreparedScoring:
+        """Embed each distinct query (with the instruction; None: the embedding recipe's default) and each
+        distinct document once; see :class:`PairScoringBackend`."""
+        embedding = self.recipe.embedding
+        assert embedding is not None  # checked in __init__
+        queries = list(dict.fromkeys(q for q, _ in pairs))
+        docs = list(dict.fromkeys(d for _, d in pairs))
+        texts = [embedding.format(q, "query", instruction) for q in queries]
+        texts += [embedding.format(d, "document") for d in docs]
+        encoded = self.tokenize_texts(texts)
+        check_lengths(encoded, truncate, self.max_length, "text")
+        q_row = {q: i for i, q in enumerate(queries)}
+        d_row = {d: len(queries) + i for i, d in enumerate(docs)}
+        rows = np.asarray([(q_row[q], d_row[d]) for q, d in pairs], dtype=np.int64).reshape(len(pairs), 2)
+        return PreparedScoring(list(encoded), [len(e.ids) for e in encoded], rows)
+
+    def finish(self, prepared: PreparedScoring, outputs: Sequence[Any]) -> np.ndarray:
+        """Cosine of each pair's query and document vectors. Returns float32 (n_pairs,)."""
+        assert prepared.pair_rows is not None
+        vectors = np.stack(list(outputs)).astype(np.float32)
+        vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+        q, d = prepared.pair_rows[:, 0], prepared.pair_rows[:, 1]
+        return np.einsum("ij,ij->i", vectors[q], vectors[d]).astype(np.float32)
+
+    def describe(self) -> dict[str, Any]:
+        return {}
+
     def tokenize_texts(self, texts: list[str]) -> list[EncodedInput]:
         """Tokenize already formatted texts (query prompts applied by the engine)."""
         return [EncodedInput(t.ids, None, t.original_length) for t in self.embedder.tokenize(texts)]
@@ -288,7 +410,6 @@ class BiEncoderScorer:
         return self.embedder.launch([b.ids for b in batch], lane)
 
 
-PairScorer = DecoderPairScorer | CrossEncoderPairScorer
 RerankBackend = DecoderPairScorer | CrossEncoderPairScorer | BiEncoderScorer
 
 

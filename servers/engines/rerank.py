@@ -16,10 +16,10 @@ import numpy as np
 from PIL import Image
 
 from servers.backends.accelerated import AccelerationSettings
-from servers.backends.multimodal_rerank import PairSide, PreparedPair, ProcessedImage, QwenVLPairScorer
-from servers.backends.rerank import BiEncoderScorer, EncodedInput, RerankBackend, load_reranker
+from servers.backends.multimodal_rerank import QwenVLPairScorer
+from servers.backends.rerank import PairScoringBackend, PreparedScoring, load_reranker
 from servers.engines.base import EngineBase, check_fits_batch, place_model
-from servers.errors import InvalidRequestError, RequestTooLargeError, ServingError, UnsupportedOperationError
+from servers.errors import InvalidRequestError, ServingError, UnsupportedOperationError
 from servers.images import ImagePolicy, MultiModalInput, load_image
 from servers.metrics import ServerMetrics
 from servers.recipes.multimodal import PositionScheme
@@ -105,7 +105,7 @@ class RerankEngine(EngineBase[Any, Any]):
     kind = "rerank"
 
     def __init__(
-        self, backend: RerankBackend | QwenVLPairScorer, settings: ServerSettings, metrics: ServerMetrics | None = None,
+        self, backend: PairScoringBackend, settings: ServerSettings, metrics: ServerMetrics | None = None,
         policy: ImagePolicy | None = None,
     ) -> None:
         super().__init__(settings, metrics)
@@ -124,7 +124,7 @@ class RerankEngine(EngineBase[Any, Any]):
                 )
             recipe = replace(recipe, name=f"{recipe.name}, template from {settings.prompt_template}",
                              template=load_pair_template(Path(settings.prompt_template), recipe.template))
-        backend: RerankBackend | QwenVLPairScorer
+        backend: PairScoringBackend
         if recipe.accepts_images:
             positions = None if settings.vision_positions == "recipe" else settings.vision_positions
             backend = QwenVLPairScorer(
@@ -195,24 +195,13 @@ class RerankEngine(EngineBase[Any, Any]):
         if not pairs:
             raise InvalidRequestError("no pairs to score")
         self._check_count(len(pairs), "pairs")
-        task = instruction if instruction is not None else self.default_instruction
-        backend = self.backend
-        if isinstance(backend, QwenVLPairScorer):
-            return await self._score_vision(backend, list(pairs), task or "", truncate)
-        text_pairs: list[tuple[str, str]] = []
-        for i, (q, d) in enumerate(pairs):
-            q_text, d_text = _as_text(q, f"pair {i}: the query"), _as_text(d, f"pair {i}: the document")
-            if not q_text.strip():
-                raise InvalidRequestError(f"pair {i}: the query is empty")
-            text_pairs.append((q_text, d_text))
-        pairs = text_pairs
-        if isinstance(backend, BiEncoderScorer):
-            return await self._score_bi_encoder(backend, list(pairs), self.requested_instruction(instruction), truncate)
-        encoded = await self._off_loop(backend.tokenize_pairs, list(pairs), task or "")
-        self._check_truncation(encoded, truncate, "pair")
-        costs = [len(e.ids) for e in encoded]
-        raw = np.asarray(await self._schedule(encoded, costs), dtype=np.float32)
-        return ScoreResult(activate(raw, self.recipe.activation), raw, sum(costs))
+        checked = self._checked(pairs)
+        # Image decoding, the image processor and tokenization are CPU work: off the event loop.
+        prepared = await self._off_loop(self._prepare, checked, self.requested_instruction(instruction), truncate,
+                                        stage="prepare")
+        outputs = await self._schedule(prepared.items, prepared.costs)
+        raw = np.asarray(self.backend.finish(prepared, outputs), dtype=np.float32)
+        return ScoreResult(activate(raw, self.recipe.activation), raw, sum(prepared.costs))
 
     def info(self) -> dict[str, Any]:
         b = self.backend
@@ -235,92 +224,63 @@ class RerankEngine(EngineBase[Any, Any]):
             "activation": self.recipe.activation,
             "default_instruction": self.default_instruction,
             "modalities": self.recipe.modalities,
+            **b.describe(),
             **(
-                {"min_pixels": b.min_pixels, "max_pixels": b.max_pixels, "max_image_pixels": s.max_image_pixels,
-                 "vision_positions": b.positions,
-                 "image_paths": bool(s.image_root), "url_images": s.allow_url_images}
-                if isinstance(b := self.backend, QwenVLPairScorer) else {}
+                {"max_image_pixels": s.max_image_pixels, "image_paths": bool(s.image_root),
+                 "url_images": s.allow_url_images}
+                if self.accepts_images else {}
             ),
         }
 
     # ----------------------------------------------------------------------------------------- internals
-    async def _score_vision(
-        self, backend: QwenVLPairScorer, pairs: list[tuple[RerankItem, RerankItem]], task: str, truncate: bool
-    ) -> ScoreResult:
+    def _checked(self, pairs: Sequence[tuple[RerankItem, RerankItem]]) -> list[tuple[RerankItem, RerankItem]]:
+        """Validate pairs for this reranker: texts for a text-only one (an image is refused), texts and/or
+        images for a multimodal one. Returns the pairs, texts unwrapped for text-only rerankers."""
+        out: list[tuple[RerankItem, RerankItem]] = []
         for i, (q, d) in enumerate(pairs):
+            if not self.accepts_images:
+                q_text, d_text = _as_text(q, f"pair {i}: the query"), _as_text(d, f"pair {i}: the document")
+                if not q_text.strip():
+                    raise InvalidRequestError(f"pair {i}: the query is empty")
+                out.append((q_text, d_text))
+                continue
             for name, item in (("query", q), ("document", d)):
-                text = item if isinstance(item, str) else item.text if isinstance(item, MultiModalInput) else None
-                image = item.image if isinstance(item, MultiModalInput) else None
                 if not isinstance(item, str | MultiModalInput):
                     raise InvalidRequestError(f"pair {i}: the {name} must be a string or a text/image input")
+                text = item if isinstance(item, str) else item.text
+                image = item.image if isinstance(item, MultiModalInput) else None
                 if image is None and not (text and text.strip()):
                     raise InvalidRequestError(f"pair {i}: the {name} has neither text nor an image")
-        # Image download/decoding, the image processor and tokenization are CPU work: off the event loop.
-        prepared = await self._off_loop(self._prepare_vision, pairs, task, truncate, stage="prepare")
-        costs = [len(p.ids) for p in prepared]
-        raw = np.asarray(await self._schedule(prepared, costs), dtype=np.float32)
-        return ScoreResult(activate(raw, self.recipe.activation), raw, sum(costs))
-
-    def _prepare_vision(
-        self, pairs: list[tuple[RerankItem, RerankItem]], task: str, truncate: bool
-    ) -> list[PreparedPair]:
-        backend = self.backend
-        assert isinstance(backend, QwenVLPairScorer)
-        cache: dict[Any, ProcessedImage] = {}  # the query's image is decoded once per request
-
-        def side(item: RerankItem) -> PairSide:
-            if isinstance(item, str):
-                return PairSide(text=item)
-            processed: ProcessedImage | None = None
-            if item.image is not None:
-                key = _image_key(item.image)
-                if key not in cache:
-                    image = item.image
-                    image = image.convert("RGB") if isinstance(image, Image.Image) else load_image(image, self.policy)
-                    cache[key] = backend.process_image(image)
-                processed = cache[key]
-            return PairSide(text=item.text, image=processed)
-
-        out: list[PreparedPair] = []
-        for i, (q, d) in enumerate(pairs):
-            try:
-                out.append(backend.prepare_pair(side(q), side(d), task, truncate))
-            except ServingError as exc:
-                exc.message = f"pair {i}: {exc.message}"
-                exc.args = (exc.message,)
-                raise
+            out.append((q, d))
         return out
 
-    def _check_truncation(self, encoded: list[EncodedInput], truncate: bool, what: str) -> None:
-        if truncate:
-            return
-        for i, item in enumerate(encoded):
-            if item.truncated:
-                raise RequestTooLargeError(
-                    f"{what} {i} has {item.original_length} tokens, over the limit of {self.backend.max_length}; "
-                    "shorten it or send truncate=true"
-                )
+    def _prepare(self, pairs: list[tuple[RerankItem, RerankItem]], instruction: str | None, truncate: bool
+                 ) -> PreparedScoring:
+        """Decode image sources under the server's policy (each distinct source once), then the backend's
+        ``prepare``. Runs on a tokenizer thread."""
+        if self.accepts_images:
+            decoded: dict[Any, Image.Image] = {}
 
-    async def _score_bi_encoder(
-        self, backend: BiEncoderScorer, pairs: list[tuple[str, str]], instruction: str | None, truncate: bool
-    ) -> ScoreResult:
-        embedding = self.recipe.embedding
-        assert embedding is not None
-        queries = list(dict.fromkeys(q for q, _ in pairs))
-        docs = list(dict.fromkeys(d for _, d in pairs))
-        texts = [embedding.format(q, "query", instruction) for q in queries]
-        texts += [embedding.format(d, "document") for d in docs]
-        encoded = await self._off_loop(backend.tokenize_texts, texts)
-        self._check_truncation(encoded, truncate, "text")
-        costs = [len(e.ids) for e in encoded]
-        vectors = np.stack(await self._schedule(encoded, costs)).astype(np.float32)
-        vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-        q_row = {q: i for i, q in enumerate(queries)}
-        d_row = {d: len(queries) + i for i, d in enumerate(docs)}
-        cosine = np.asarray(
-            [float(vectors[q_row[q]] @ vectors[d_row[d]]) for q, d in pairs], dtype=np.float32
-        )
-        return ScoreResult(cosine, cosine.copy(), sum(costs))
+            def loaded(item: RerankItem) -> RerankItem:
+                if isinstance(item, str) or item.image is None:
+                    return item
+                key = _image_key(item.image)
+                if key not in decoded:
+                    image = item.image
+                    decoded[key] = image.convert("RGB") if isinstance(image, Image.Image) else load_image(
+                        image, self.policy)
+                return MultiModalInput(text=item.text, image=decoded[key])
+
+            ready: list[tuple[RerankItem, RerankItem]] = []
+            for i, (q, d) in enumerate(pairs):
+                try:
+                    ready.append((loaded(q), loaded(d)))
+                except ServingError as exc:
+                    exc.message = f"pair {i}: {exc.message}"
+                    exc.args = (exc.message,)
+                    raise
+            pairs = ready
+        return self.backend.prepare(pairs, instruction, truncate)
 
     async def _warmup(self) -> None:
         if self.accepts_images:

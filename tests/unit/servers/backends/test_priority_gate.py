@@ -66,3 +66,25 @@ def test_bulk_forward_runs_freely_without_priority_work() -> None:
     with lanes.use("bulk"):
         model(torch.ones(1, 4))
     assert len(model.seen) == 3
+
+
+def test_gate_without_pause_lets_bulk_run_beside_a_priority_forward() -> None:
+    model = _Stack(3)
+    gate = PriorityGate(pause_bulk=False)
+    gate.watch(model)
+    release_priority = threading.Event()
+    entered = threading.Event()
+
+    def priority() -> None:
+        with gate.lane("priority"):
+            entered.set()
+            release_priority.wait(5)
+
+    p = threading.Thread(target=priority)
+    p.start()
+    assert entered.wait(5)
+    with gate.lane("bulk"):
+        model(torch.ones(1, 4))  # would block until release_priority with the default gate
+    assert len(model.seen) == 3
+    release_priority.set()
+    p.join(5)
