@@ -29,6 +29,7 @@ float32, ``(n, out)``.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
 import threading
@@ -37,6 +38,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from servers.backends.device import Placement
@@ -135,14 +137,17 @@ class _LayerForward:
 def right_padded(batch: Sequence[Sequence[int]], pad_id: int, rows: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``batch`` right-padded into a (rows, length) int64 CPU tensor and each row's last real index (rows,).
 
-    Rows past ``len(batch)`` are dummy rows of pads (index 0), so a batch fits a bigger graph bucket.
+    Rows past ``len(batch)`` are dummy rows of pads (index 0), so a batch fits a bigger graph bucket. Built
+    with one flat copy (not a tensor per row): on the H200 the per-row version was 7.5% of the bulk model
+    thread's samples.
     """
-    ids = torch.full((rows, length), pad_id, dtype=torch.long)
-    last = torch.zeros(rows, dtype=torch.long)
-    for row, seq in enumerate(batch):
-        ids[row, : len(seq)] = torch.as_tensor(seq, dtype=torch.long)
-        last[row] = len(seq) - 1
-    return ids, last
+    lengths = np.fromiter((len(seq) for seq in batch), dtype=np.int64, count=len(batch))
+    flat = np.fromiter(itertools.chain.from_iterable(batch), dtype=np.int64, count=int(lengths.sum()))
+    ids = np.full((rows, length), pad_id, dtype=np.int64)
+    ids[: len(batch)][np.arange(length) < lengths[:, None]] = flat
+    last = np.zeros(rows, dtype=np.int64)
+    last[: len(batch)] = lengths - 1
+    return torch.from_numpy(ids), torch.from_numpy(last)
 
 
 class _GraphBucket:
