@@ -1,4 +1,4 @@
-"""LightRAG / RAG-Anything adapters: ``embedding_func`` and ``rerank_model_func``.
+"""LightRAG / RAG-Anything adapters: ``embedding_func``, ``rerank_model_func`` and ``search_func``.
 
     from lightrag import LightRAG
     from integrations.lightrag import embedding_func, rerank_model_func
@@ -12,6 +12,12 @@
 
 LightRAG passes ``context="query"`` when it embeds a search query and ``context="document"`` when it
 indexes; the adapter sends that to the server as ``input_type`` so queries get the model's instruction.
+
+``search_func`` retrieves chunks through a search server (``rag-serve search``) in the shape of LightRAG's
+``BaseVectorStorage.query``; it replaces the chunk vector search of ``naive`` / ``mix`` queries:
+
+    await rag.initialize_storages()
+    rag.chunks_vdb.query = search_func("http://127.0.0.1:8010", rerank=True, top_n=10)
 """
 
 from __future__ import annotations
@@ -23,7 +29,9 @@ import numpy as np
 from rag_plugins.embedding_client import DEFAULT_EMBED_BATCH_SIZE, ApiStyle, EmbeddingClient
 from rag_plugins.http import DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT_S
 from rag_plugins.optional import require
+from rag_plugins.protocol import SearchResponse
 from rag_plugins.rerank_client import RerankApiStyle, RerankClient
+from rag_plugins.search_client import DEFAULT_SEARCH_BASE_URL, SearchClient
 
 DEFAULT_MAX_TOKEN_SIZE = 8192
 _CONTEXT_TO_INPUT_TYPE = {"query": "query", "document": "document", "passage": "document"}
@@ -141,3 +149,97 @@ def rerank_model_func(
 
     rerank.client = client  # type: ignore[attr-defined]
     return rerank
+
+
+#: Keys of ``MultiVectorMilvusStorage``'s ``meta`` field that hold LightRAG's own id and creation time.
+_META_ID_KEY = "lightrag_id"
+_META_CREATED_KEY = "created_at"
+
+
+def search_records(answer: SearchResponse) -> list[dict[str, Any]]:
+    """A search server's answer as LightRAG vector-storage query results, best first.
+
+    Each record has LightRAG's chunk keys: ``id`` (the LightRAG id kept in ``meta`` by
+    ``MultiVectorMilvusStorage``, else the Milvus primary key), ``content`` (the stored ``text``),
+    ``distance`` (the rerank score when the server reranked, else the fused score: higher is better, as in
+    LightRAG's storages), ``created_at``, ``file_path``; plus ``fused_score``, ``rerank_score`` and the other
+    stored scalar fields and ``meta`` keys.
+
+    Args:
+        answer: A ``POST /search`` answer.
+
+    Returns:
+        One dict per candidate, in the answer's order.
+    """
+    out = []
+    for c in answer.candidates:
+        fields = dict(c.fields)
+        meta = fields.pop("meta", None)
+        meta = dict(meta) if isinstance(meta, dict) else {}
+        # Stored fields first, then meta (LightRAG's own keys such as file_path / full_doc_id), then the keys
+        # LightRAG reads, so a meta key can never shadow them.
+        record: dict[str, Any] = {**fields, **meta}
+        record.update(
+            id=str(meta.pop(_META_ID_KEY, c.id)),
+            content=str(fields.get("text", "")),
+            distance=c.rerank_score if c.rerank_score is not None else c.score,
+            created_at=meta.get(_META_CREATED_KEY),
+            file_path=meta.get("file_path", fields.get("uri") or "unknown_source"),
+            fused_score=c.score,
+            rerank_score=c.rerank_score,
+        )
+        record.pop(_META_ID_KEY, None)
+        out.append(record)
+    return out
+
+
+def search_func(
+    base_url: str = DEFAULT_SEARCH_BASE_URL,
+    *,
+    client: SearchClient | None = None,
+    api_key: str | None = None,
+    timeout: float = DEFAULT_TIMEOUT_S,
+    max_retries: int = DEFAULT_MAX_RETRIES,
+    **options: Any,
+) -> Any:
+    """Build an async chunk search over a search server (``rag-serve search``) with LightRAG's query shape.
+
+    LightRAG 1.5 has no retrieval-function hook in ``QueryParam`` or ``LightRAG(...)``; chunk retrieval for
+    ``naive`` and ``mix`` queries is ``await rag.chunks_vdb.query(query, top_k=chunk_top_k,
+    query_embedding=...)`` (``operate._get_vector_context``), which keeps ``id``, ``content``, ``file_path`` and
+    ``created_at`` of each record. The returned function has that signature, so it plugs in as
+    ``rag.chunks_vdb.query = search_func(...)`` after ``await rag.initialize_storages()``: the search
+    server then embeds, searches, fuses and (with ``rerank=True``) reranks. Indexing still goes through
+    LightRAG's own storage; point the server at the collection holding the chunks (with
+    ``MultiVectorMilvusStorage`` that is ``rag.chunks_vdb.collection_name``, whose rows the server reads
+    as they are). Entity / relation searches (``local`` / ``global``) are not affected.
+
+    Args:
+        base_url: Search server root (when ``client`` is None).
+        client: A :class:`~rag_plugins.search_client.SearchClient` to share (its retry/auth policy is used).
+        api_key: Bearer token (when ``client`` is None).
+        timeout: Seconds per HTTP attempt (when ``client`` is None).
+        max_retries: Retries on 429/503/connection errors (when ``client`` is None).
+        **options: :class:`~rag_plugins.protocol.SearchRequest` fields sent with every query (``fusion``,
+            ``weights``, ``rrf_k``, ``filters``, ``rerank``, ``top_n`` ...). ``top_k`` here is a default:
+            LightRAG's ``top_k`` argument (its ``chunk_top_k``) wins.
+
+    Returns:
+        ``async (query, top_k=None, query_embedding=None, **kwargs) -> list[dict]`` (see
+        :func:`search_records`), best first; ``query_embedding`` is ignored because the server embeds the
+        query with its own model. The client is at ``.client``.
+    """
+    if client is None:
+        client = SearchClient(base_url=base_url, api_key=api_key, timeout_s=timeout, max_retries=max_retries)
+    default_top_k = options.pop("top_k", None)
+
+    async def search(query: str, top_k: int | None = None, query_embedding: Any = None,
+                     **_: Any) -> list[dict[str, Any]]:
+        limit = top_k if top_k is not None else default_top_k
+        if not query or (limit is not None and limit <= 0):
+            return []
+        request = dict(options) if limit is None else {**options, "top_k": int(limit)}
+        return search_records(await client.asearch(query, **request))
+
+    search.client = client  # type: ignore[attr-defined]
+    return search

@@ -1,14 +1,17 @@
 """``rag-serve search``: a real search server over a Milvus Lite file, calling real MiniLM embed and rerank
 servers, answers exactly what the in-process ``HybridRetriever`` answers (ids and fused scores), with and
-without the rerank stage; bad input gets the error envelope; the LlamaIndex retriever reads it."""
+without the rerank stage; bad input gets the error envelope; the LlamaIndex retriever and the LightRAG
+``search_func`` read it."""
 
 from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import uuid
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -184,3 +187,67 @@ def test_search_server_matches_its_openapi(search_stack: SearchStack) -> None:
     _check(base, spec, "post", "/search", 400, seen, data=b"{not json")
     _check_declared(spec, seen)
     assert "502" in spec["paths"]["/search"]["post"]["responses"]  # an upstream server failing
+
+
+#: search_func options (top_k comes from LightRAG's call) compared with SearchClient's answers.
+LIGHTRAG_CASES: tuple[dict[str, Any], ...] = (*CASES, {"top_k": 6, "rerank": True, "top_n": TOP_N})
+
+
+async def test_lightrag_search_func_equals_search_client(search_stack: SearchStack) -> None:
+    """``integrations.lightrag.search_func`` answers what ``SearchClient`` answers, as LightRAG chunk records."""
+    from integrations.lightrag import search_func
+
+    client = SearchClient(base_url=search_stack.base)
+    for case in LIGHTRAG_CASES:
+        options = {k: v for k, v in case.items() if k != "top_k"}
+        func = search_func(search_stack.base, **options)
+        for query in QUERIES:
+            got = await func(query, top_k=case["top_k"], query_embedding=[0.0] * 384)
+            want = client.search(query, **case)
+            assert [r["id"] for r in got] == [c.id for c in want.candidates], (query, case)
+            assert [r["content"] for r in got] == [c.fields["text"] for c in want.candidates]
+            assert all(r["content"] == DOCS[r["id"]] for r in got)
+            scores = [c.rerank_score if want.reranked else c.score for c in want.candidates]
+            assert [r["distance"] for r in got] == pytest.approx(scores, rel=1e-5, abs=1e-6)
+            assert [r["fused_score"] for r in got] == pytest.approx([c.score for c in want.candidates], rel=1e-5,
+                                                                     abs=1e-7)
+            assert all(r["doc_id"] == r["id"] and r["file_path"] == "unknown_source" for r in got)
+    default_top_k = search_func(client=client, top_k=2)
+    assert len(await default_top_k(QUERIES[0])) == 2
+    assert len(await default_top_k(QUERIES[0], top_k=4)) == 4  # LightRAG's top_k wins
+    assert await default_top_k("", top_k=4) == []
+    assert default_top_k.client is client
+
+
+async def test_lightrag_naive_and_mix_queries_retrieve_through_search_func(
+    search_stack: SearchStack, minilm_server: str, tmp_path: Path
+) -> None:
+    """Plugged in as ``rag.chunks_vdb.query``, the search server supplies LightRAG's chunks, in its order."""
+    from lightrag import LightRAG, QueryParam
+    from lightrag.utils import Tokenizer
+
+    from integrations.lightrag import embedding_func, search_func
+    from tests.e2e.test_embed_clients import CharTokenizer
+    from tests.e2e.test_lightrag_milvus_storage import stub_llm
+
+    # LightRAG's default (file) storages, left empty: every chunk comes from the search server. A unique
+    # workspace keeps LightRAG's process-wide shared dicts apart from other tests'.
+    rag = LightRAG(working_dir=str(tmp_path / "rag"), workspace=f"ls_{uuid.uuid4().hex[:8]}",
+                   embedding_func=embedding_func(minilm_server), llm_model_func=stub_llm,
+                   tokenizer=Tokenizer("chars", CharTokenizer()))
+    await rag.initialize_storages()
+    try:
+        rag.chunks_vdb.query = search_func(search_stack.base, rerank=True)
+        want = SearchClient(base_url=search_stack.base).search(QUERIES[0], top_k=3, rerank=True)
+        for mode in ("naive", "mix"):
+            param = QueryParam(mode=mode, chunk_top_k=3, top_k=3, enable_rerank=False)
+            data = await rag.aquery_data(QUERIES[0], param=param)
+            assert data["status"] == "success", data
+            chunks = data["data"]["chunks"]
+            assert [c["content"] for c in chunks] == [c.fields["text"] for c in want.candidates], mode
+            assert chunks[0]["content"] == DOCS["mars"]
+            context = await rag.aquery(QUERIES[0], param=QueryParam(mode=mode, only_need_context=True,
+                                                                     chunk_top_k=1, enable_rerank=False))
+            assert DOCS["mars"] in str(context)
+    finally:
+        await rag.finalize_storages()
