@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -28,34 +28,56 @@ DEFAULT_SEARCH_PARAMS: dict[str, dict[str, Any]] = {
 
 @dataclass(frozen=True)
 class FieldIndexSettings:
-    """Index of one vector field.
+    """Index of one vector field in Milvus.
 
     Attributes:
-        index_type: ``HNSW`` (default), ``IVF_FLAT``, ``FLAT`` (exact) or ``AUTOINDEX`` (Zilliz/Milvus picks).
+        index_type: ``HNSW``, ``IVF_FLAT``, ``FLAT`` (exact) or ``AUTOINDEX`` (Zilliz/Milvus picks); None (the
+            default) lets the store pick when it creates the collection: ``FLAT`` when its in-process copy
+            answers the searches (embedded file URIs), ``HNSW`` otherwise (see :meth:`resolved`).
         metric: ``COSINE`` (default; any vectors) or ``IP`` (equal to cosine for L2-normalized vectors, which
             is what rag-serve returns).
         build_params: Index build parameters (None: :data:`DEFAULT_BUILD_PARAMS`).
         search_params: Search parameters (None: :data:`DEFAULT_SEARCH_PARAMS`).
     """
 
-    index_type: IndexType = "HNSW"
+    index_type: IndexType | None = None
     metric: Metric = "COSINE"
     build_params: dict[str, Any] | None = None
     search_params: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
-        if self.index_type not in DEFAULT_BUILD_PARAMS:
+        if self.index_type is not None and self.index_type not in DEFAULT_BUILD_PARAMS:
             raise ValueError(f"index_type must be one of {sorted(DEFAULT_BUILD_PARAMS)}, not {self.index_type!r}")
         if self.metric not in ("COSINE", "IP"):
             raise ValueError(f"metric must be 'COSINE' or 'IP', not {self.metric!r}")
 
+    def resolved(self, searched_in_process: bool) -> FieldIndexSettings:
+        """These settings with a concrete ``index_type`` (an explicit one is kept).
+
+        The default is ``FLAT`` when the store's in-process copy answers the searches: Milvus then only stores
+        the rows, and milvus-lite 3 builds an HNSW graph per flushed segment in a background thread of the
+        writing process, which took about three quarters of the CPU of an embedded ingest (py-spy,
+        ``bench/results/milvus_ingest_100k.md``). Otherwise ``HNSW``, the index a Milvus server searches with.
+
+        Args:
+            searched_in_process: Whether searches are answered by the in-process copy.
+        """
+        if self.index_type is not None:
+            return self
+        return replace(self, index_type="FLAT" if searched_in_process else "HNSW")
+
+    def _concrete(self) -> IndexType:
+        if self.index_type is None:
+            raise ValueError("index_type is None: call resolved() first (the store does)")
+        return self.index_type
+
     def build(self) -> dict[str, Any]:
         """Build parameters to send."""
-        return dict(DEFAULT_BUILD_PARAMS[self.index_type] if self.build_params is None else self.build_params)
+        return dict(DEFAULT_BUILD_PARAMS[self._concrete()] if self.build_params is None else self.build_params)
 
     def search(self) -> dict[str, Any]:
         """``param`` of a search request on this field: metric plus search parameters."""
-        params = DEFAULT_SEARCH_PARAMS[self.index_type] if self.search_params is None else self.search_params
+        params = DEFAULT_SEARCH_PARAMS[self._concrete()] if self.search_params is None else self.search_params
         return {"metric_type": self.metric, "params": dict(params)}
 
 

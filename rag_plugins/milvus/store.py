@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,7 @@ from rag_plugins.milvus.filters import Filter, and_exprs, literal, to_expr
 from rag_plugins.milvus.fusion import Fusion
 from rag_plugins.milvus.items import ID_MAX_LENGTH, StoreItem
 from rag_plugins.milvus.local_index import LocalMirror, forget_mirror, is_embedded_uri, shared_mirror
-from rag_plugins.milvus.settings import FieldIndexSettings, MilvusStoreSettings
+from rag_plugins.milvus.settings import DEFAULT_BUILD_PARAMS, FieldIndexSettings, MilvusStoreSettings
 
 TEXT_FIELD = "text_vec"
 IMAGE_FIELD = "image_vec"
@@ -103,17 +103,21 @@ class MultiVectorMilvusStore:
         self._insert_new = is_embedded_uri(self.settings.uri) and milvus_lite_major() >= 3
         self.text_dim = self._configured_dim(TEXT_FIELD, self.settings.text_dim, text_embedder)
         self.image_dim = self._configured_dim(IMAGE_FIELD, self.settings.image_dim, image_embedder)
+        use_local = self.settings.local_search
+        if use_local is None:
+            use_local = is_embedded_uri(self.settings.uri)
+        configured = {TEXT_FIELD: self.settings.text_index, IMAGE_FIELD: self.settings.image_index}
+        # Index settings with the index type Milvus has (or gets); see FieldIndexSettings.resolved.
+        self._indexes = {f: index.resolved(use_local) for f, index in configured.items()}
         if self.exists():
             self._check_existing()
+            self._adopt_index_types(configured)
             self.client.load_collection(self.collection_name)
         elif create:
             self._create()
         else:
             raise CollectionNotFoundError(self._missing_message())
         self.local: LocalMirror | None = None
-        use_local = self.settings.local_search
-        if use_local is None:
-            use_local = is_embedded_uri(self.settings.uri)
         if use_local:
             self._open_local()
 
@@ -279,15 +283,31 @@ class MultiVectorMilvusStore:
         schema.add_field("has_text_vec", data_type.BOOL)
         schema.add_field("has_image_vec", data_type.BOOL)
         index_params = self.client.prepare_index_params()
-        for field, index in ((TEXT_FIELD, self.settings.text_index), (IMAGE_FIELD, self.settings.image_index)):
+        for field, index in self._indexes.items():
             index_params.add_index(field, index_type=index.index_type, metric_type=index.metric,
                                    params=index.build())
         self.client.create_collection(self.collection_name, schema=schema, index_params=index_params,
                                       consistency_level=self.settings.consistency_level)
 
+    def _adopt_index_types(self, configured: dict[str, FieldIndexSettings]) -> None:
+        """Fields left to the store's choice take the index type the existing collection has.
+
+        A file made with searches in process has ``FLAT``; reopened with ``local_search=False`` its searches
+        must send FLAT's parameters, not HNSW's.
+        """
+        for field, index in configured.items():
+            if index.index_type is not None:
+                continue
+            try:
+                found = self.client.describe_index(self.collection_name, field).get("index_type")
+            except self._pymilvus.MilvusException:  # no index on the field: keep the default choice
+                continue
+            if found in DEFAULT_BUILD_PARAMS:
+                self._indexes[field] = replace(index, index_type=found)
+
     def index_settings(self, field: str) -> FieldIndexSettings:
-        """Index settings of ``text_vec`` or ``image_vec``."""
-        return self.settings.text_index if field == TEXT_FIELD else self.settings.image_index
+        """Index settings of ``text_vec`` or ``image_vec``, with the index type the collection uses."""
+        return self._indexes[field]
 
     def drop(self) -> None:
         """Drop the collection (all rows)."""

@@ -203,6 +203,40 @@ def test_bad_index_settings() -> None:
         FieldIndexSettings("HNSW", "L2")  # type: ignore[arg-type]
 
 
+def test_default_index_is_flat_when_searches_run_in_process(tmp_path: Path) -> None:
+    """Unset index types: FLAT for an embedded file searched in process (no HNSW build while ingesting),
+    HNSW when Milvus answers; an explicit type is kept, and a reopened file keeps the type it was made with."""
+    dims = {"text_dim": 8, "image_dim": 4}
+    local = MultiVectorMilvusStore(settings=MilvusStoreSettings(uri=str(tmp_path / "a.db"), collection_name="t",
+                                                                **dims))
+    assert local.local is not None
+    for field in ("text_vec", "image_vec"):
+        assert local.client.describe_index("t", field)["index_type"] == "FLAT"
+        assert local.index_settings(field).index_type == "FLAT"
+    # Reopened with Milvus answering: the FLAT collection is searched with FLAT's parameters.
+    twin = MultiVectorMilvusStore(settings=MilvusStoreSettings(uri=str(tmp_path / "a.db"), collection_name="t",
+                                                               local_search=False), client=local.client)
+    assert twin.index_settings("text_vec").search() == {"metric_type": "COSINE", "params": {}}
+    remote = MultiVectorMilvusStore(settings=MilvusStoreSettings(uri=str(tmp_path / "a.db"), collection_name="r",
+                                                                 local_search=False, **dims), client=local.client)
+    assert remote.client.describe_index("r", "text_vec")["index_type"] == "HNSW"
+    explicit = MultiVectorMilvusStore(settings=MilvusStoreSettings(
+        uri=str(tmp_path / "a.db"), collection_name="h", text_index=FieldIndexSettings("HNSW"), **dims),
+        client=local.client)
+    assert explicit.client.describe_index("h", "text_vec")["index_type"] == "HNSW"
+    assert explicit.client.describe_index("h", "image_vec")["index_type"] == "FLAT"
+    local.close()
+
+
+def test_unresolved_index_settings() -> None:
+    index = FieldIndexSettings(metric="IP")
+    assert index.resolved(True) == FieldIndexSettings("FLAT", "IP")
+    assert index.resolved(False).search() == {"metric_type": "IP", "params": {"ef": 128}}
+    assert FieldIndexSettings("IVF_FLAT").resolved(True).index_type == "IVF_FLAT"
+    with pytest.raises(ValueError, match="call resolved"):
+        index.build()
+
+
 def test_milvus_uri_file_path_does_not_break_import(tmp_path: Path) -> None:
     """pymilvus raises at import when MILVUS_URI is a file path; our import hides it and restores it."""
     code = (
