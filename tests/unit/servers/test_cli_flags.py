@@ -10,9 +10,11 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
@@ -210,17 +212,45 @@ def test_every_flag_reaches_the_server(
         _instruction_reaches_engine(kind, client)
 
 
+@contextmanager
+def _served_in_thread(app: Any) -> Iterator[str]:
+    """A real HTTP server for ``app`` on 127.0.0.1, run by uvicorn in a thread of this process (the search
+    server needs an upstream it reaches over HTTP; a thread saves a subprocess's start-up)."""
+    import threading
+
+    import uvicorn
+
+    from servers.process import free_port
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, name="flag-upstream", daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while not server.started or httpx.get(base + "/health").status_code != 200:
+        assert thread.is_alive(), "upstream thread exited"
+        assert time.monotonic() < deadline, "upstream did not start"
+        time.sleep(0.05)
+    try:
+        yield base
+    finally:
+        server.should_exit = True
+        thread.join(30)
+
+
 def test_every_search_flag_reaches_the_server(tiny_qwen3_embedding: Path, tmp_path: Path) -> None:
     """The search server opens --collection at --milvus-uri, calls the upstreams with --upstream-api-key (it
     is healthy only once they answered), and /info shows what it runs with."""
     from rag_plugins.milvus.settings import MilvusStoreSettings
     from rag_plugins.milvus.store import MultiVectorMilvusStore
-    from tests.support.serve import rag_serve
 
     uri = str(tmp_path / "flags.db")
     MultiVectorMilvusStore(settings=MilvusStoreSettings(uri=uri, collection_name="flags", text_dim=64,
                                                         image_dim=64)).close()
-    with rag_serve("embed", tiny_qwen3_embedding, "--api-key", UPSTREAM_KEY) as upstream:
+    upstream_args = build_parser().parse_args(["embed", "--model", str(tiny_qwen3_embedding), "--device", "cpu",
+                                               "--api-key", UPSTREAM_KEY])
+    with _served_in_thread(create_app(settings_from_args("embed", upstream_args, {}))) as upstream:
         args = build_parser().parse_args(["search", *_search_argv(uri, upstream)])
         app = create_app(settings_from_args("search", args, {}))
         with TestClient(app) as client:
