@@ -1,6 +1,7 @@
-"""Rerank engine: format + tokenize pairs (recipe, thread pool) -> batch (scheduler) -> head -> activation.
+"""Rerank engine: validate -> backend ``prepare`` (thread pool) -> batch (scheduler) -> backend ``finish`` ->
+activation.
 
-Every pair (or, for a bi-encoder, every text) is one scheduler item, so a request of 100 documents is spread
+The engine holds any :class:`~servers.backends.rerank.PairScoringBackend` and never asks which one. Every pair (or, for a bi-encoder, every text) is one scheduler item, so a request of 100 documents is spread
 over several token-budget batches and reassembled in input order, and documents of concurrent requests
 share batches. Scores do not depend on batch composition (see ``servers.backends.rerank``).
 """
