@@ -58,7 +58,7 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 REPO_ROOT = RESULTS_DIR.parents[1]
 #: Where the data lives: beside the checkout, never inside it.
 DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data" / "scifact"
-FULL_COMMAND = "python -m bench.fusion_scifact --data ../shared/data/scifact"
+FULL_COMMAND = "python -m bench.fusion_scifact --data ../shared/data/scifact --rerank-depth 10"
 DEFAULT_RRF_KS = (1, 5, 10, 20, 40, 60, 100)
 DEFAULT_ALPHAS = (0.0, 0.2, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 DEFAULT_RERANK_DEPTH = 30
