@@ -41,19 +41,10 @@ from typing import Any
 
 import numpy as np
 
+from bench.milvus_hybrid import row_id, unit_rows
+
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 COLLECTION = "ingest"
-
-
-def unit_rows(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
-    """``n`` random unit vectors of size ``dim`` (float32)."""
-    x = rng.standard_normal((n, dim), dtype=np.float32)
-    x /= np.linalg.norm(x, axis=1, keepdims=True)
-    return x
-
-
-def row_id(i: int) -> str:
-    return f"r{i:07d}"
 
 
 def raw_rows(text: np.ndarray, image: np.ndarray, start: int) -> list[dict[str, Any]]:
