@@ -23,7 +23,7 @@ COMMON_SETTINGS: frozenset[str] = frozenset({
     "max_batch_tokens", "max_batch_size", "max_wait_ms", "max_queue_items", "max_client_batch", "max_body_bytes",
     "bulk_workers", "priority_max_items", "priority_max_tokens", "tokenizer_threads", "retry_after_s",
     "instruction", "log_level", "warmup", "drain_grace_s", "cuda_graphs", "compile", "cuda_graph_max_batch",
-    "cuda_graph_max_length", "compile_cache_dir",
+    "cuda_graph_max_length", "compile_cache_dir", "compiled_graph_buckets",
 })
 #: Settings of servers that take images (sources, checks, the model's pixel range).
 IMAGE_SETTINGS: frozenset[str] = frozenset({

@@ -24,6 +24,26 @@ DEFAULT_MAX_WAIT_MS = 2.0
 DEFAULT_MAX_QUEUE_ITEMS = 100_000
 DEFAULT_RETRY_AFTER_S = 1
 DEFAULT_BULK_WORKERS = 1
+#: Query buckets (batch x length) that get a static compiled forward captured as a CUDA graph: single
+#: queries of up to 32 and 64 tokens, and small bursts (see servers.backends.accelerated).
+DEFAULT_COMPILED_GRAPH_BUCKETS: tuple[str, ...] = ("1x32", "1x64", "4x64", "8x64")
+
+
+def parse_graph_buckets(values: tuple[str, ...] | list[str]) -> tuple[tuple[int, int], ...]:
+    """``("1x32", "4x64")`` -> ``((1, 32), (4, 64))``; ``("off",)`` or ``()`` -> none.
+
+    Raises:
+        ValueError: an entry is not ``BATCHxLENGTH`` with both >= 1.
+    """
+    if tuple(v.strip().lower() for v in values) in {(), ("off",), ("none",)}:
+        return ()
+    out = []
+    for value in values:
+        batch, sep, length = value.strip().lower().partition("x")
+        if not (sep and batch.isdigit() and length.isdigit() and int(batch) >= 1 and int(length) >= 1):
+            raise ValueError(f"a graph bucket is BATCHxLENGTH like 4x64, not {value!r}")
+        out.append((int(batch), int(length)))
+    return tuple(sorted(set(out), key=lambda k: (k[0] * k[1], k)))
 
 
 @dataclass(frozen=True)
@@ -79,6 +99,7 @@ class ServerSettings:
     cuda_graph_max_batch: int = 8
     cuda_graph_max_length: int = 512
     compile_cache_dir: str | None = None
+    compiled_graph_buckets: tuple[str, ...] = DEFAULT_COMPILED_GRAPH_BUCKETS
     # Search server (search): the Milvus collection it holds and the model servers it calls.
     milvus_uri: str | None = None
     collection: str | None = None
@@ -107,6 +128,10 @@ class ServerSettings:
                 problems.append(f"{name} must be 'auto', 'on' or 'off'")
         if self.cuda_graph_max_batch < 1 or self.cuda_graph_max_length < 1:
             problems.append("cuda_graph_max_batch and cuda_graph_max_length must be >= 1")
+        try:
+            parse_graph_buckets(self.compiled_graph_buckets)
+        except ValueError as exc:
+            problems.append(f"compiled_graph_buckets: {exc}")
         if self.vision_positions not in ("recipe", "sequential", "mrope"):
             problems.append("vision_positions must be 'recipe', 'sequential' or 'mrope'")
         if self.last_token_padding not in ("left", "right"):

@@ -13,13 +13,22 @@ rerankers) runs its batches through :class:`LastTokenDecoder`:
   bucket — batch 1, 2, 4 … ``--cuda-graph-max-batch``, length 32, 64 … ``--cuda-graph-max-length`` —
   captured from the eager forward in a background thread after start-up (so Pascal cards without Triton
   get them too), all buckets sharing one memory pool. A replay launches the whole forward at once;
+* **compiled graphs** (``--compiled-graph-buckets``, needs compilation too): a few query buckets (default
+  1x32, 1x64, 4x64, 8x64) also get a *static-shape* ``torch.compile`` of the whole forward, captured as a
+  CUDA graph: fused kernels and one launch. On the H200 (probe of 2026-12-02, Qwen3-Embedding-0.6B shape,
+  bf16) a 1x32 replay took 1.67 ms against 4.7 ms for the graph of the eager forward (cosine >= 0.9998
+  to eager), at ~27 s of compilation per bucket (cold cache). A query takes the smallest compiled bucket it
+  fits, else the smallest eager-graph bucket, else runs eager;
 * **compilation** (``--compile``): regional ``torch.compile`` of the decoder *layer* with dynamic batch and
   length (the layers share one compiled graph, so compiling costs one layer, and every shape runs without
   bucket padding), compiled and warmed in the background with the inductor cache on disk (a restart is
   warm), then swapped into every layer at once. Between layers the forward stays Python, so the
   priority gate (:class:`~servers.backends.torch_runtime.PriorityGate`) still pauses bulk work for a query.
-  The priority graphs stay those of the eager forward (compiled layers did not capture on the H200 run
-  of 2026-12-02: each call inside a capture fell back to eager). Needs Triton (compute capability >= 7.0);
+  The dynamic compiled layers are never captured (on the H200 run of 2026-12-02 each such call inside a
+  capture fell back to eager); the compiled graphs above are static-shape compilations of their own. Needs
+  Triton (compute capability >= 7.0);
+* order of the background work: eager graphs (seconds), then the compiled graphs, then the regional
+  compilation (the compiled graphs are traced before the layers are wrapped for it);
 * until a bucket is captured or the compilation is done, that work runs eager: start-up is never blocked.
 
 The graph/compiled output is the head's: pooled hidden states (embedders) or raw yes/no scores (rerankers),
@@ -42,6 +51,7 @@ import numpy as np
 import torch
 
 from servers.backends.device import Placement
+from servers.settings import DEFAULT_COMPILED_GRAPH_BUCKETS, parse_graph_buckets
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +76,8 @@ class AccelerationSettings:
         graph_max_batch: Largest batch bucket of the priority-lane graphs (powers of two from 1).
         graph_max_length: Largest length bucket (powers of two from 32).
         compile_cache_dir: Inductor's on-disk cache (None: :data:`DEFAULT_COMPILE_CACHE`).
+        compiled_graph_buckets: (batch, length) buckets that get a static compiled forward captured as a
+            CUDA graph (needs both graphs and compilation on).
     """
 
     cuda_graphs: str = "auto"
@@ -73,6 +85,7 @@ class AccelerationSettings:
     graph_max_batch: int = 8
     graph_max_length: int = 512
     compile_cache_dir: str | None = None
+    compiled_graph_buckets: tuple[tuple[int, int], ...] = parse_graph_buckets(DEFAULT_COMPILED_GRAPH_BUCKETS)
 
     @classmethod
     def from_settings(cls, settings: Any) -> AccelerationSettings:
@@ -80,6 +93,7 @@ class AccelerationSettings:
             cuda_graphs=settings.cuda_graphs, compile=settings.compile,
             graph_max_batch=settings.cuda_graph_max_batch, graph_max_length=settings.cuda_graph_max_length,
             compile_cache_dir=settings.compile_cache_dir,
+            compiled_graph_buckets=parse_graph_buckets(settings.compiled_graph_buckets),
         )
 
 
@@ -212,12 +226,23 @@ class LastTokenDecoder:
             [(b, n) for b, n in graph_buckets(acceleration.graph_max_batch, acceleration.graph_max_length)
              if n <= max_length] if self.graphs_enabled else []
         )
+        # Static compiled graphs need both: Triton for the kernels and graphs on for the capture.
+        self._compiled_keys = sorted(
+            (k for k in acceleration.compiled_graph_buckets if k[1] <= max_length),
+            key=lambda k: (k[0] * k[1], k),
+        ) if self.graphs_enabled and self.compile_enabled else []
         self._graphs: dict[tuple[int, int], _GraphBucket] = {}
+        self._compiled_graphs: dict[tuple[int, int], _GraphBucket] = {}
         self._graph_lock = threading.Lock()  # a priority forward and a capture never overlap
+        self._pool: Any = None
+        self._side: Any = None
         self._compiled_layers: list[_LayerForward] = []
         self._thread: threading.Thread | None = None
+        # Which path priority forwards took (read by /info and the benchmarks).
+        self.priority_paths = {"compiled_graph": 0, "graph": 0, "eager": 0}
         self._stats: dict[str, Any] = {
             "graphs": "off" if not self.graphs_enabled else "pending",
+            "compiled_graphs": "pending" if self._compiled_keys else "off",
             "compile": "off" if not self.compile_enabled else "pending",
         }
 
@@ -230,10 +255,17 @@ class LastTokenDecoder:
         out = self.head(pooled) if self.head is not None else pooled
         return out.float()
 
-    def _bucket_for(self, n: int, length: int) -> tuple[int, int] | None:
-        for b, m in self._buckets:  # sorted by batch, then length: the first fit is the smallest
-            if b >= n and m >= length and (b, m) in self._graphs:
-                return (b, m)
+    def _graph_for(self, n: int, length: int) -> tuple[str, _GraphBucket] | None:
+        """The smallest ready compiled graph that fits (n rows of up to ``length`` tokens), else the smallest
+        ready eager graph, else None. Reads lists that never change and dicts that only grow."""
+        for key in self._compiled_keys:  # sorted by tokens: the first fit is the smallest
+            graph = self._compiled_graphs.get(key)
+            if graph is not None and key[0] >= n and key[1] >= length:
+                return "compiled_graph", graph
+        for key in self._buckets:  # sorted by batch, then length
+            graph = self._graphs.get(key)
+            if graph is not None and key[0] >= n and key[1] >= length:
+                return "graph", graph
         return None
 
     def run(self, batch: Sequence[Sequence[int]], lane: str) -> torch.Tensor:
@@ -241,18 +273,22 @@ class LastTokenDecoder:
         device = self.placement.device
         n = len(batch)
         length = max(len(seq) for seq in batch)
-        if lane == "priority" and self._graphs:
-            key = self._bucket_for(n, length)
-            if key is not None:
-                ids, last = right_padded(batch, self.pad_id, *key)
+        if lane == "priority" and (self._graphs or self._compiled_graphs):
+            found = self._graph_for(n, length)
+            if found is not None:
+                path, graph = found
+                ids, last = right_padded(batch, self.pad_id, graph.rows, graph.length)
+                self.priority_paths[path] += 1
                 with self._graph_lock:
-                    return self._graphs[key].replay(ids.pin_memory(), last.pin_memory(), n)
+                    return graph.replay(ids.pin_memory(), last.pin_memory(), n)
         ids, last = right_padded(batch, self.pad_id, n, length)
         if device.type == "cuda":
             ids, last = ids.pin_memory().to(device, non_blocking=True), last.pin_memory().to(device, non_blocking=True)
-        if lane == "priority" and self._graphs:
-            with self._graph_lock:
-                return self._pooled(ids, last)
+        if lane == "priority":
+            self.priority_paths["eager"] += 1
+            if self._graphs:
+                with self._graph_lock:
+                    return self._pooled(ids, last)
         return self._pooled(ids, last)
 
     # -------------------------------------------------------------------------------------- acceleration
@@ -277,10 +313,10 @@ class LastTokenDecoder:
             with torch.cuda.device(device):
                 if self.graphs_enabled:
                     self._capture_graphs()
+                if self._compiled_keys and self._pool is not None:
+                    # Before the regional compilation: its layer wrappers must not be traced into these.
+                    self._capture_compiled_graphs()
                 if self.compile_enabled:
-                    # The graphs stay those of the eager forward: on the H200 run of 2026-12-02 every compiled
-                    # layer call made inside a capture fell back to eager (see _LayerForward), so capturing
-                    # again from the compiled layers only held the graph lock for seconds.
                     self._compile()
         except Exception:  # never take the server down: it keeps serving eager
             logger.exception("%s: acceleration failed; serving eager", self.name)
@@ -291,8 +327,8 @@ class LastTokenDecoder:
         started = time.perf_counter()
         torch.cuda.synchronize(device)
         reserved_before = torch.cuda.memory_reserved(device)
-        pool = torch.cuda.graph_pool_handle()
-        side = torch.cuda.Stream(device=device)
+        pool = self._pool = torch.cuda.graph_pool_handle()
+        side = self._side = torch.cuda.Stream(device=device)
         failed = 0
         # Largest first: the shared pool is sized by the largest bucket once, the rest fit inside it.
         for key in sorted(self._buckets, key=lambda k: k[0] * k[1], reverse=True):
@@ -312,14 +348,8 @@ class LastTokenDecoder:
         logger.info("%s: captured %d CUDA graphs in %.1fs (%.0f MiB pool)", self.name, len(self._graphs), seconds,
                     pool_bytes / 2**20)
 
-    def _compile(self) -> None:
-        """Compile the decoder layer (regional compilation), warm it on the shapes serving will use, switch
-        every layer to it."""
-        device = self.placement.device
-        layers = decoder_layers(self.decoder)
-        if not layers:
-            self._stats["compile"] = "off (no layer stack found)"
-            return
+    def _use_compile_cache(self) -> str:
+        """Point inductor at the on-disk cache and allow this process to compile (again); returns the cache."""
         # --compile-cache-dir wins; without it an inherited TORCHINDUCTOR_CACHE_DIR does, then our default.
         if self.acceleration.compile_cache_dir:
             os.environ["TORCHINDUCTOR_CACHE_DIR"] = self.acceleration.compile_cache_dir
@@ -331,6 +361,60 @@ class LastTokenDecoder:
         # A process that compiles a second model (tests, benchmarks) must be allowed to compile again.
         with contextlib.suppress(Exception):
             torch.compiler.set_stance("default")
+        return cache
+
+    def _capture_compiled_graphs(self) -> None:
+        """Compile the whole forward for each compiled bucket's static shape and capture it as a graph.
+
+        Compilation (the slow part) runs outside the graph lock, on the side stream, while queries keep
+        replaying the eager graphs; only the capture itself takes the lock.
+        """
+        device = self.placement.device
+        self._use_compile_cache()
+        self._stats["compiled_graphs"] = "compiling"
+        started = time.perf_counter()
+        torch.cuda.synchronize(device)
+        reserved_before = torch.cuda.memory_reserved(device)
+        static = torch.compile(self._pooled, dynamic=False)
+        failed = 0
+        seconds: dict[str, float] = {}
+        for key in self._compiled_keys:
+            t0 = time.perf_counter()
+            try:
+                ids = torch.full(key, self.pad_id, dtype=torch.long, device=device)
+                last = torch.full((key[0],), key[1] - 1, dtype=torch.long, device=device)
+                self._side.wait_stream(torch.cuda.current_stream(device))
+                with torch.cuda.stream(self._side):
+                    static(ids, last)  # compiles this shape (or loads it from the inductor cache)
+                self._side.synchronize()
+                with self._graph_lock:
+                    self._compiled_graphs[key] = _GraphBucket(static, key[0], key[1], self.pad_id, device,
+                                                              self._pool, self._side)
+            except Exception as exc:
+                failed += 1
+                logger.warning("%s: compiled graph of bucket %s failed (%s: %s)", self.name, key,
+                               type(exc).__name__, str(exc)[:300])
+            seconds[f"{key[0]}x{key[1]}"] = round(time.perf_counter() - t0, 1)
+        torch.cuda.synchronize(device)
+        total = time.perf_counter() - started
+        self._stats.update(
+            compiled_graphs="ready" if self._compiled_graphs else "failed",
+            compiled_graph_buckets=sorted(self._compiled_graphs), compiled_graph_s=round(total, 1),
+            compiled_graph_s_per_bucket=seconds, compiled_graph_failures=failed,
+            compiled_graph_pool_bytes=int(max(0, torch.cuda.memory_reserved(device) - reserved_before)),
+        )
+        logger.info("%s: %d compiled CUDA graphs ready in %.1fs (%s)", self.name, len(self._compiled_graphs), total,
+                    seconds)
+
+    def _compile(self) -> None:
+        """Compile the decoder layer (regional compilation), warm it on the shapes serving will use, switch
+        every layer to it."""
+        device = self.placement.device
+        layers = decoder_layers(self.decoder)
+        if not layers:
+            self._stats["compile"] = "off (no layer stack found)"
+            return
+        cache = self._use_compile_cache()
         self._stats["compile"] = "compiling"
         started = time.perf_counter()
         compiled = torch.compile(type(layers[0]).forward, dynamic=True)
@@ -367,7 +451,9 @@ class LastTokenDecoder:
         failures = sum(w.failures for w in self._compiled_layers)
         return {
             "cuda_graphs_setting": self.acceleration.cuda_graphs, "compile_setting": self.acceleration.compile,
-            "graph_buckets_planned": len(self._buckets), **self._stats,
+            "graph_buckets_planned": len(self._buckets),
+            "compiled_graph_buckets_planned": [f"{b}x{n}" for b, n in self._compiled_keys], **self._stats,
+            "priority_paths": dict(self.priority_paths),
             **({"compiled_layer_fallbacks": failures} if self._compiled_layers else {}),
         }
 

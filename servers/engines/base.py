@@ -159,6 +159,7 @@ class EngineBase(Generic[P, R]):
         return {
             "cuda_graphs": s.cuda_graphs, "compile": s.compile, "cuda_graph_max_batch": s.cuda_graph_max_batch,
             "cuda_graph_max_length": s.cuda_graph_max_length,
+            "compiled_graph_buckets": list(s.compiled_graph_buckets),
             "compile_cache_dir": s.compile_cache_dir or DEFAULT_COMPILE_CACHE,
             "warmup_s": round(self.warmup_s, 3) if self.warmup_s is not None else None,
             "acceleration": self.backend.acceleration_info(),

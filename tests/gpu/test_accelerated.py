@@ -38,9 +38,14 @@ async def _vectors(engine: Any, wait: bool) -> tuple[np.ndarray, np.ndarray]:
             assert decoder.wait(900)
             info = engine.backend.acceleration_info()
             assert info["graphs"] == "ready", info
+            assert info["compiled_graphs"] == "ready", info
             assert info["compile"] == "ready", info
         batch = (await engine.embed(TEXTS, input_type="document")).vectors  # bulk lane: compiled
         alone = np.stack([(await engine.embed([t], input_type="query")).vectors[0] for t in TEXTS[:6]])  # graphs
+        if wait:
+            # Every query fits the 1x64 compiled bucket: none may have taken another path.
+            paths = engine.backend.acceleration_info()["priority_paths"]
+            assert paths["compiled_graph"] >= 6 and paths["eager"] == 0, paths
     return batch, alone
 
 

@@ -68,7 +68,7 @@ def _argv(kind: str, model: Path, image_root: Path) -> list[str]:
         "3", "--priority-max-tokens", "555", "--tokenizer-threads", "3", "--retry-after-s", "4",
         "--instruction", INSTRUCTION, "--log-level", "warning", "--no-warmup", "--cuda-graphs", "off",
         "--compile", "off", "--cuda-graph-max-batch", "4", "--cuda-graph-max-length", "256",
-        "--compile-cache-dir", "/tmp/flag-inductor-cache",
+        "--compile-cache-dir", "/tmp/flag-inductor-cache", "--compiled-graph-buckets", "2x64,1x128",
     ]
     if "last_token_padding" in KINDS[kind].settings:
         argv += ["--last-token-padding", "left"]
@@ -113,6 +113,7 @@ INFO_CHECKS: dict[str, tuple[str, Any]] = {
     "cuda_graph_max_batch": ("cuda_graph_max_batch", 4),
     "cuda_graph_max_length": ("cuda_graph_max_length", 256),
     "compile_cache_dir": ("compile_cache_dir", "/tmp/flag-inductor-cache"),
+    "compiled_graph_buckets": ("compiled_graph_buckets", ["2x64", "1x128"]),
 }
 #: ``model`` and ``image_root`` are checked against paths only known at run time; so are the search server's.
 RUNTIME_INFO_CHECKS = {"model", "image_root", "prompt_template", "milvus_uri", "collection", "embed_url",

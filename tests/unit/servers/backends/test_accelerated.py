@@ -66,6 +66,7 @@ def test_decoder_on_cpu_is_eager_and_equals_the_unpadded_forward() -> None:
     decoder = LastTokenDecoder(model, placement, 151643, None, AccelerationSettings(), 512)
     assert decoder.info()["graphs"] == "off"
     assert decoder.info()["compile"] == "off"
+    assert decoder.info()["compiled_graphs"] == "off"  # CPU: no Triton kernels, no capture
     assert len(decoder_layers(model)) == 2
     rng = np.random.default_rng(0)
     batch = [rng.integers(0, 150000, size=n).tolist() for n in (7, 19, 3)]
@@ -74,6 +75,8 @@ def test_decoder_on_cpu_is_eager_and_equals_the_unpadded_forward() -> None:
         for row, seq in enumerate(batch):
             alone = model(input_ids=torch.tensor([seq]), use_cache=False).last_hidden_state[0, -1]
             torch.testing.assert_close(pooled[row], alone, atol=1e-5, rtol=1e-5)
+        decoder.run(batch[:1], "priority")
+    assert decoder.info()["priority_paths"] == {"compiled_graph": 0, "graph": 0, "eager": 1}
 
 
 def test_acceleration_settings_come_from_the_server_settings(tmp_path: Path) -> None:
@@ -84,5 +87,18 @@ def test_acceleration_settings_come_from_the_server_settings(tmp_path: Path) -> 
     acc = AccelerationSettings.from_settings(settings)
     assert (acc.cuda_graphs, acc.compile, acc.graph_max_batch, acc.graph_max_length) == ("off", "on", 2, 64)
     assert acc.compile_cache_dir == str(tmp_path)
+    assert acc.compiled_graph_buckets == ((1, 32), (1, 64), (4, 64), (8, 64))  # the default, smallest first
     with pytest.raises(ValueError, match="cuda_graphs"):
         ServerSettings(model="x", cuda_graphs="sometimes")
+
+
+def test_compiled_graph_buckets_parse_sort_and_switch_off() -> None:
+    from servers.settings import ServerSettings, parse_graph_buckets
+
+    assert parse_graph_buckets(("8x64", "1X32", "1x32")) == ((1, 32), (8, 64))
+    assert parse_graph_buckets(("off",)) == parse_graph_buckets(()) == ()
+    acc = AccelerationSettings.from_settings(ServerSettings(model="x", compiled_graph_buckets=("off",)))
+    assert acc.compiled_graph_buckets == ()
+    for bad in ("4*64", "0x32", "x64", "4x"):
+        with pytest.raises(ValueError, match="BATCHxLENGTH"):
+            ServerSettings(model="x", compiled_graph_buckets=(bad,))
