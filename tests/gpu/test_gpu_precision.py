@@ -2,6 +2,8 @@
 
 Half-precision vectors and scores must stay close to the fp32 recipe, the hardware rule must pick bf16 on
 compute capability >= 8.0 and fp16 below, and a text's vector must not depend on its batch on the GPU either.
+Compilation is off here (tests/gpu/test_accelerated.py checks it): each engine would otherwise keep compiling
+in the background after its test ends.
 """
 
 from __future__ import annotations
@@ -42,7 +44,8 @@ def test_half_precision_close_to_fp32_and_batch_invariant(tiny_qwen3_embedding: 
         from servers.engines.embedding import EmbeddingEngine
         from servers.settings import ServerSettings
 
-        engine = EmbeddingEngine.from_settings(ServerSettings(model=str(tiny_qwen3_embedding), device=device, dtype=dt))
+        engine = EmbeddingEngine.from_settings(ServerSettings(model=str(tiny_qwen3_embedding), device=device, dtype=dt,
+                                                                    compile="off"))
         async with engine:
             batch = (await engine.embed(texts)).vectors
             alone = np.stack([(await engine.embed([t])).vectors[0] for t in texts[:10]])
@@ -76,7 +79,7 @@ def test_multimodal_half_precision_close_to_fp32(
         from servers.engines.multimodal import MultiModalEmbeddingEngine, MultiModalInput
         from servers.settings import ServerSettings
 
-        settings = ServerSettings(model=str(model), kind="mm-embed", device=device, dtype=dt,
+        settings = ServerSettings(model=str(model), kind="mm-embed", device=device, dtype=dt, compile="off",
                                   min_pixels=4 * 32 * 32, max_pixels=64 * 32 * 32)
         engine = MultiModalEmbeddingEngine.from_settings(settings)
         items = [MultiModalInput(image=im) for im in images] + [
@@ -110,7 +113,8 @@ def test_lychee_rerank_half_precision_close_to_fp32(qwen_tokenizer_plain_dir: Pa
         from servers.images import MultiModalInput
         from servers.settings import ServerSettings
 
-        engine = RerankEngine.from_settings(ServerSettings(model=str(model), kind="rerank", device=device, dtype=dt))
+        engine = RerankEngine.from_settings(ServerSettings(model=str(model), kind="rerank", device=device, dtype=dt,
+                                                                 compile="off"))
         docs = [MultiModalInput(image=im) for im in images] + ["a plain text document", MultiModalInput(
             text="fused", image=images[1])]
         async with engine:
