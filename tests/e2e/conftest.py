@@ -50,5 +50,5 @@ def minilm_server(minilm: Path) -> Iterator[str]:
 
 # Rerank servers (issue 3) live in their own module; importing them here makes them session fixtures.
 # Multimodal embedding servers (issue 4).
-from tests.e2e.mm_fixtures import mm_dirs, mm_server, mm_server_no_urls, tiny_gme  # noqa: E402, F401
+from tests.e2e.mm_fixtures import mm_dirs, mm_server, mm_server_no_urls  # noqa: E402, F401
 from tests.e2e.rerank_fixtures import minilm_rerank_server, qwen_rerank_server  # noqa: E402, F401

@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from testkit.random_models import save_gme_qwen2_vl
 from tests.support.serve import rag_serve
 
 #: Small pixel range so images give 4..64 tokens on the toy model (the real default is 256..1280 x 28²).
@@ -27,11 +26,6 @@ def png_bytes(size: tuple[int, int], seed: int = 0) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(pixels, "RGB").save(buf, format="PNG")
     return buf.getvalue()
-
-
-@pytest.fixture(scope="session")
-def tiny_gme(tmp_path_factory: pytest.TempPathFactory, qwen_tokenizer_plain_dir: Path) -> Path:
-    return save_gme_qwen2_vl(tmp_path_factory.mktemp("tiny-gme"), qwen_tokenizer_plain_dir)
 
 
 @pytest.fixture(scope="session")

@@ -19,7 +19,6 @@ import pytest
 import requests
 from PIL import Image
 
-from testkit.random_models import save_qwen2_vl_reranker
 from tests.e2e.mm_fixtures import MM_MAX_PIXELS, MM_MIN_PIXELS, png_bytes
 from tests.support.serve import rag_serve
 
@@ -80,11 +79,6 @@ class VlRerankReference:
                 input_ids=ids, attention_mask=torch.ones_like(ids), mm_token_type_ids=(ids == 151655).int(), **kwargs
             ).logits[0, -1]
         return 1.0 / (1.0 + math.exp(-float(logits[self.yes] - logits[self.no])))
-
-
-@pytest.fixture(scope="module")
-def tiny_vl_reranker(tmp_path_factory: pytest.TempPathFactory, qwen_tokenizer_plain_dir: Path) -> Path:
-    return save_qwen2_vl_reranker(tmp_path_factory.mktemp("tiny-vl-reranker"), qwen_tokenizer_plain_dir)
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,6 @@ from fastapi.testclient import TestClient
 from servers.app import create_app
 from servers.cli import build_parser, serve, settings_from_args
 from servers.kinds import KINDS
-from testkit.random_models import save_gme_qwen2_vl, save_qwen2_vl_reranker
 
 KEY = "flag-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -146,16 +145,6 @@ def test_process_flags(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
         assert seen["app"].title.endswith(f"{kind} server")
 
 
-@pytest.fixture(scope="module")
-def vl_reranker(tmp_path_factory: pytest.TempPathFactory, qwen_tokenizer_plain_dir: Path) -> Path:
-    return save_qwen2_vl_reranker(tmp_path_factory.mktemp("flags-vl-rerank"), qwen_tokenizer_plain_dir)
-
-
-@pytest.fixture(scope="module")
-def gme(tmp_path_factory: pytest.TempPathFactory, qwen_tokenizer_plain_dir: Path) -> Path:
-    return save_gme_qwen2_vl(tmp_path_factory.mktemp("flags-gme"), qwen_tokenizer_plain_dir)
-
-
 def _client(kind: str, model: Path, image_root: Path) -> Iterator[TestClient]:
     args = build_parser().parse_args([kind, *_argv(kind, model, image_root)])
     app = create_app(settings_from_args(kind, args, {}))
@@ -186,9 +175,9 @@ def _instruction_reaches_engine(kind: str, client: TestClient) -> None:
 
 @pytest.mark.parametrize("kind", MODEL_KINDS)
 def test_every_flag_reaches_the_server(
-    kind: str, tiny_qwen3_embedding: Path, vl_reranker: Path, gme: Path, tmp_path: Path
+    kind: str, tiny_qwen3_embedding: Path, tiny_vl_reranker: Path, tiny_gme: Path, tmp_path: Path
 ) -> None:
-    model = {"embed": tiny_qwen3_embedding, "rerank": vl_reranker, "mm-embed": gme}[kind]
+    model = {"embed": tiny_qwen3_embedding, "rerank": tiny_vl_reranker, "mm-embed": tiny_gme}[kind]
     for client in _client(kind, model, tmp_path):
         assert client.get("/info").status_code == 401  # api_keys
         info = client.get("/info", headers=AUTH).json()

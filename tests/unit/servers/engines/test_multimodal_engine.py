@@ -11,12 +11,11 @@ from PIL import Image
 
 from servers.engines.multimodal import MultiModalEmbeddingEngine, MultiModalInput
 from servers.settings import ServerSettings
-from testkit.random_models import save_gme_qwen2_vl
 
 
 @pytest.fixture(scope="module")
-def engine_model(tmp_path_factory: pytest.TempPathFactory, qwen_tokenizer_plain_dir: Path) -> Path:
-    return save_gme_qwen2_vl(tmp_path_factory.mktemp("tiny-gme-engine"), qwen_tokenizer_plain_dir)
+def engine_model(tiny_gme: Path) -> Path:
+    return tiny_gme
 
 
 async def test_multi_image_requests_never_take_the_priority_thread_or_lane(engine_model: Path) -> None:
