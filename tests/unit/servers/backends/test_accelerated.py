@@ -102,3 +102,31 @@ def test_compiled_graph_buckets_parse_sort_and_switch_off() -> None:
     for bad in ("4*64", "0x32", "x64", "4x"):
         with pytest.raises(ValueError, match="BATCHxLENGTH"):
             ServerSettings(model="x", compiled_graph_buckets=(bad,))
+
+
+def test_a_query_takes_the_smallest_compiled_graph_then_the_smallest_eager_graph() -> None:
+    """The bucket choice of the priority lane (graphs themselves need CUDA: stand-ins mark which was picked)."""
+    model = random_qwen3_causal_lm("tiny").model.eval()
+    decoder = LastTokenDecoder(model, choose_placement("cpu", "float32", "sdpa"), 151643, None,
+                               AccelerationSettings(), 512)
+    # As on a GPU whose background work captured these (sorted the way __init__ sorts them).
+    decoder._buckets = graph_buckets(8, 512)
+    decoder._compiled_keys = [(1, 32), (1, 64), (4, 64), (8, 64)]
+    eager = {key: object() for key in decoder._buckets}
+    compiled = {key: object() for key in decoder._compiled_keys}
+    decoder._graphs.update(eager)  # type: ignore[arg-type]
+
+    def chosen(n: int, length: int) -> tuple[str, object] | None:
+        found = decoder._graph_for(n, length)
+        return None if found is None else (found[0], found[1])
+
+    assert chosen(1, 20) == ("graph", eager[(1, 32)])  # compiled graphs not ready yet: the eager one
+    decoder._compiled_graphs.update(compiled)  # type: ignore[arg-type]
+    assert chosen(1, 20) == ("compiled_graph", compiled[(1, 32)])
+    assert chosen(1, 53) == ("compiled_graph", compiled[(1, 64)])
+    assert chosen(3, 40) == ("compiled_graph", compiled[(4, 64)])
+    assert chosen(2, 64) == ("compiled_graph", compiled[(4, 64)])
+    assert chosen(1, 100) == ("graph", eager[(1, 128)])  # longer than every compiled bucket
+    assert chosen(8, 128) == ("graph", eager[(8, 128)])
+    assert chosen(16, 32) is None  # larger than every bucket: the eager forward
+    assert chosen(1, 600) is None
