@@ -315,18 +315,21 @@ def wait_accelerated(base: str, timeout_s: float) -> dict[str, Any]:
 
 
 def scrape_stages(base: str) -> dict[str, float]:
-    """Sums and counts of the stage and request histograms (``rag_stage_duration_seconds{stage}`` ...)."""
+    """Sums and counts of the stage and request histograms: ``stage[tokenize/priority]`` (stage and lane),
+    ``request[/embed]``, ``forward[priority]``."""
     import urllib.request
 
     with urllib.request.urlopen(base + "/metrics", timeout=10) as resp:
         text = resp.read().decode()
     out: dict[str, float] = {}
-    pattern = re.compile(r'^(rag_(?:stage|request|forward)_duration_seconds_(?:sum|count))\{(?:stage|route|lane)="([^"]+)"\} '
-                         r'([0-9.eE+-]+)$')
+    # prometheus_client renders label names sorted: {lane=..,stage=..} for the stage histogram.
+    pattern = re.compile(r'^(rag_(?:stage|request|forward)_duration_seconds_(?:sum|count))'
+                         r'\{(?:lane="([^"]+)",)?(?:stage|route|lane)="([^"]+)"\} ([0-9.eE+-]+)$')
     for line in text.splitlines():
         m = pattern.match(line)
         if m:
-            out[f"{m.group(1)}[{m.group(2)}]"] = float(m.group(3))
+            label = m.group(3) + (f"/{m.group(2)}" if m.group(2) else "")
+            out[f"{m.group(1)}[{label}]"] = float(m.group(4))
     return out
 
 
@@ -586,11 +589,13 @@ def _loaded_probe(base: str, batches: list[list[str]], cfg: Config, queries: lis
     try:
         time.sleep(min(3.0, cfg.query_seconds))  # let the queue fill and the GPU saturate
         before = scrape_metrics(base)
+        stages_before = scrape_stages(base)
         n = max(1, int(cfg.query_rps * cfg.query_seconds))
         started = time.perf_counter()
         latencies = asyncio.run(query_probe(base, [queries[i % len(queries)] for i in range(n)], cfg.query_rps))
         probe_s = time.perf_counter() - started
         after = scrape_metrics(base)
+        stages_after = scrape_stages(base)
     finally:
         stop.set()
     tokens, _texts, errors, elapsed = results.get(timeout=600)
@@ -598,7 +603,9 @@ def _loaded_probe(base: str, batches: list[list[str]], cfg: Config, queries: lis
     out: dict[str, Any] = latency_summary(latencies)
     out.update({"rps": cfg.query_rps, "probe_seconds": probe_s, "bulk_errors": errors,
                 "bulk_tokens_per_s_during_probe": tokens / elapsed,
-                "server_batches_during_probe": metrics_delta(before, after, probe_s)})
+                "server_batches_during_probe": metrics_delta(before, after, probe_s),
+                # Where a loaded query's time goes (priority-lane stages), beside the bulk lane's.
+                "stages_ms": stage_means_ms(stages_before, stages_after)})
     return out
 
 
@@ -934,6 +941,10 @@ def markdown(results: dict[str, Any]) -> str:
                 lines.append(f"| {shape} | (d) 1 query x {meta['query_tokens']} tokens at {meta['query_rps']:.0f} RPS, "
                              f"{label} | | p50 {q['p50_ms']:.1f} ms, p99 {q['p99_ms']:.1f} ms, max {q['max_ms']:.1f} ms "
                              f"(n={q['count']}){extra} |")
+        loaded_stages = srv.get("loaded_query", {}).get("stages_ms")
+        if loaded_stages:
+            lines.append(f"| {shape} | (d) query under saturation, mean ms per stage and lane | | "
+                         + ", ".join(f"{k} {v:.2f}" for k, v in sorted(loaded_stages.items())) + " |")
         mem = r.get("memory")
         if mem:
             for row in mem["rows"]:

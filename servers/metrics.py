@@ -26,8 +26,9 @@ class ServerMetrics:
             registry=r,
         )
         self.stage_seconds = Histogram(
-            "rag_stage_duration_seconds", "Latency of a pipeline stage (tokenize, queue_and_forward, postprocess)",
-            ["stage"], buckets=_LATENCY_BUCKETS, registry=r,
+            "rag_stage_duration_seconds",
+            "Latency of a pipeline stage (tokenize, prepare, queue_and_forward) by the lane its request took",
+            ["stage", "lane"], buckets=_LATENCY_BUCKETS, registry=r,
         )
         self.queue_depth = Gauge("rag_queue_depth", "Items waiting in a scheduler lane", ["lane"], registry=r)
         self.batch_items = Histogram(

@@ -1,0 +1,41 @@
+"""``/metrics`` splits each request's stages by the lane it took, so a query's time under bulk load can be
+read apart from the bulk requests' (the benchmark's loaded-query stage table reads these series)."""
+
+from __future__ import annotations
+
+import re
+
+import requests
+
+TIMEOUT_S = 60
+
+
+def _stage_counts(base: str) -> dict[tuple[str, str], float]:
+    text = requests.get(f"{base}/metrics", timeout=TIMEOUT_S).text
+    # prometheus_client renders label names sorted: lane before stage.
+    pattern = r'^rag_stage_duration_seconds_count\{lane="([^"]+)",stage="([^"]+)"\} (\S+)$'
+    return {(stage, lane): float(n) for lane, stage, n in re.findall(pattern, text, re.MULTILINE)}
+
+
+def test_stage_latencies_are_labelled_with_the_lane(qwen_server: str) -> None:
+    before = _stage_counts(qwen_server)
+    one = requests.post(f"{qwen_server}/embed", json={"texts": ["a single query"], "input_type": "query"},
+                        timeout=TIMEOUT_S)
+    assert one.status_code == 200, one.text
+    after_query = _stage_counts(qwen_server)
+    many = requests.post(f"{qwen_server}/embed", json={"texts": [f"document {i}" for i in range(20)]},
+                         timeout=TIMEOUT_S)
+    assert many.status_code == 200, many.text
+    after_bulk = _stage_counts(qwen_server)
+
+    def grew(a: dict[tuple[str, str], float], b: dict[tuple[str, str], float], key: tuple[str, str]) -> float:
+        return b.get(key, 0.0) - a.get(key, 0.0)
+
+    # One small request: tokenized on the priority thread and run in the priority lane, nothing on bulk.
+    assert grew(before, after_query, ("tokenize", "priority")) == 1
+    assert grew(before, after_query, ("queue_and_forward", "priority")) == 1
+    assert grew(before, after_query, ("queue_and_forward", "bulk")) == 0
+    # Twenty texts (over --priority-max-items 8): the bulk lane.
+    assert grew(after_query, after_bulk, ("tokenize", "bulk")) == 1
+    assert grew(after_query, after_bulk, ("queue_and_forward", "bulk")) == 1
+    assert grew(after_query, after_bulk, ("queue_and_forward", "priority")) == 0
