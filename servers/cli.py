@@ -65,7 +65,7 @@ FLAG_HELP: dict[str, str] = {
     "cuda_graph_max_length": "largest length bucket of the CUDA graphs (buckets 32, 64 ... this, up to --max-length)",
     "compiled_graph_buckets": "query buckets BATCHxLENGTH (comma-separated; 'off': none) that also get a static "
                               "torch.compile of the whole forward captured as a CUDA graph (needs --compile); "
-                              "about 30 s of cold compilation each, in the background",
+                              "about 50 s of cold compilation each on an H200, in the background",
     "compile_cache_dir": "inductor's on-disk cache, so a restart compiles warm (default ~/.cache/rag-plugins/inductor)",
     "prompt_template": "rerank (yes/no models): JSON file {prefix, middle, suffix, default_instruction?, empty_side?} "
                        "replacing the recipe's prompt; middle holds {instruction}, {query} and {doc}",

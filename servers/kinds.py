@@ -89,6 +89,9 @@ KINDS: Mapping[str, ServerKindSpec] = MappingProxyType({
             engine="servers.engines.rerank:RerankEngine",
             routers=("servers.routes.rerank:router",),
             settings=COMMON_SETTINGS | IMAGE_SETTINGS | {"prompt_template"},
+            # A query-document pair with the yes/no prompt is ~100-500 tokens, and rerank requests are mostly
+            # bulk (a query and its candidates): no query-sized compiled graph would be used.
+            defaults=MappingProxyType({"compiled_graph_buckets": ("off",)}),
         ),
         ServerKindSpec(
             name="mm-embed",

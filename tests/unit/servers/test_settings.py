@@ -157,3 +157,14 @@ def test_pixel_range_defaults_to_the_recipe_and_parses_from_env_and_flags() -> N
         ServerSettings(model="m", min_pixels=10, max_pixels=5)
     with pytest.raises(ValueError, match="max_pixels must be >= 1"):
         ServerSettings(model="m", max_pixels=0)
+
+
+def test_compiled_graph_buckets_default_per_kind_and_from_env() -> None:
+    """Query-sized compiled graphs for the embedders; none for rerank (its pairs are long, its requests bulk)."""
+    from servers.settings import DEFAULT_COMPILED_GRAPH_BUCKETS
+
+    assert settings_from_env({}, kind="embed", model="m").compiled_graph_buckets == DEFAULT_COMPILED_GRAPH_BUCKETS
+    assert settings_from_env({}, kind="mm-embed", model="m").compiled_graph_buckets == DEFAULT_COMPILED_GRAPH_BUCKETS
+    assert settings_from_env({}, kind="rerank", model="m").compiled_graph_buckets == ("off",)
+    env = {"RAG_SERVE_COMPILED_GRAPH_BUCKETS": "1x128, 2x256"}
+    assert settings_from_env(env, kind="rerank", model="m").compiled_graph_buckets == ("1x128", "2x256")
