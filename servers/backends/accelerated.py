@@ -15,10 +15,10 @@ rerankers) runs its batches through :class:`LastTokenDecoder`:
   get them too), all buckets sharing one memory pool. A replay launches the whole forward at once;
 * **compiled graphs** (``--compiled-graph-buckets``, needs compilation too): a few query buckets (default
   1x32, 1x64, 4x64, 8x64) also get a *static-shape* ``torch.compile`` of the whole forward, captured as a
-  CUDA graph: fused kernels and one launch. On the H200 (probe of 2026-12-02, Qwen3-Embedding-0.6B shape,
-  bf16) a 1x32 replay took 1.67 ms against 4.7 ms for the graph of the eager forward (cosine >= 0.9998
-  to eager), at ~27 s of compilation per bucket (cold cache). A query takes the smallest compiled bucket it
-  fits, else the smallest eager-graph bucket, else runs eager;
+  CUDA graph: fused kernels and one launch. On the H200 (2026-12-04, Qwen3-Embedding-0.6B shape, bf16) a
+  1x32 forward took 1.76 ms this way against 4.55 ms for the graph of the eager forward (probe of 12-02:
+  cosine >= 0.9998 to eager), at ~40-50 s of compilation per bucket with a cold cache. A query takes the
+  smallest compiled bucket it fits, else the smallest eager-graph bucket, else runs eager;
 * **compilation** (``--compile``): regional ``torch.compile`` of the decoder *layer* with dynamic batch and
   length (the layers share one compiled graph, so compiling costs one layer, and every shape runs without
   bucket padding), compiled and warmed in the background with the inductor cache on disk (a restart is
