@@ -238,6 +238,7 @@ class LastTokenDecoder:
         self._side: Any = None
         self._compiled_layers: list[_LayerForward] = []
         self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
         # Which path priority forwards took (read by /info and the benchmarks).
         self.priority_paths = {"compiled_graph": 0, "graph": 0, "eager": 0}
         self._stats: dict[str, Any] = {
@@ -294,10 +295,18 @@ class LastTokenDecoder:
     # -------------------------------------------------------------------------------------- acceleration
     def start(self) -> None:
         """Capture the graphs, then compile, in a background thread (serving continues eager meanwhile)."""
-        if self._thread is not None or not (self.graphs_enabled or self.compile_enabled):
+        if self._thread is not None or self._stopping.is_set() or not (self.graphs_enabled or self.compile_enabled):
             return
         self._thread = threading.Thread(target=self._accelerate, name=f"accelerate-{self.name}", daemon=True)
         self._thread.start()
+
+    def stop(self) -> None:
+        """Ask the background work to end at its next step (a bucket, a phase); what is ready stays in use.
+
+        A compilation already running finishes its bucket first (inductor cannot be interrupted); without
+        this, a stopped engine's thread kept compiling, holding the GIL and the GPU for minutes.
+        """
+        self._stopping.set()
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the background work is done (benchmarks, tests). Returns whether it finished."""
@@ -311,13 +320,17 @@ class LastTokenDecoder:
         device = self.placement.device
         try:
             with torch.cuda.device(device):
-                if self.graphs_enabled:
+                if self.graphs_enabled and not self._stopping.is_set():
                     self._capture_graphs()
-                if self._compiled_keys and self._pool is not None:
+                if self._compiled_keys and self._pool is not None and not self._stopping.is_set():
                     # Before the regional compilation: its layer wrappers must not be traced into these.
                     self._capture_compiled_graphs()
-                if self.compile_enabled:
+                if self.compile_enabled and not self._stopping.is_set():
                     self._compile()
+            for key in ("graphs", "compiled_graphs", "compile"):
+                if self._stopping.is_set() and self._stats.get(key) in ("pending", "capturing", "compiling"):
+                    self._stats[key] = "stopped"
+
         except Exception:  # never take the server down: it keeps serving eager
             logger.exception("%s: acceleration failed; serving eager", self.name)
 
@@ -332,6 +345,8 @@ class LastTokenDecoder:
         failed = 0
         # Largest first: the shared pool is sized by the largest bucket once, the rest fit inside it.
         for key in sorted(self._buckets, key=lambda k: k[0] * k[1], reverse=True):
+            if self._stopping.is_set():
+                break
             try:
                 with self._graph_lock:
                     self._graphs[key] = _GraphBucket(self._pooled, key[0], key[1], self.pad_id, device, pool, side)
@@ -342,7 +357,8 @@ class LastTokenDecoder:
         torch.cuda.synchronize(device)
         pool_bytes = max(0, torch.cuda.memory_reserved(device) - reserved_before)
         self._stats.update(
-            graphs="ready" if self._graphs else "failed", graph_buckets=sorted(self._graphs),
+            graphs="ready" if self._graphs else ("stopped" if self._stopping.is_set() else "failed"),
+            graph_buckets=sorted(self._graphs),
             graph_capture_s=round(seconds, 2), graph_pool_bytes=int(pool_bytes), graph_failures=failed,
         )
         logger.info("%s: captured %d CUDA graphs in %.1fs (%.0f MiB pool)", self.name, len(self._graphs), seconds,
@@ -379,6 +395,8 @@ class LastTokenDecoder:
         failed = 0
         seconds: dict[str, float] = {}
         for key in self._compiled_keys:
+            if self._stopping.is_set():
+                break
             t0 = time.perf_counter()
             try:
                 ids = torch.full(key, self.pad_id, dtype=torch.long, device=device)
@@ -398,7 +416,7 @@ class LastTokenDecoder:
         torch.cuda.synchronize(device)
         total = time.perf_counter() - started
         self._stats.update(
-            compiled_graphs="ready" if self._compiled_graphs else "failed",
+            compiled_graphs="ready" if self._compiled_graphs else ("stopped" if self._stopping.is_set() else "failed"),
             compiled_graph_buckets=sorted(self._compiled_graphs), compiled_graph_s=round(total, 1),
             compiled_graph_s_per_bucket=seconds, compiled_graph_failures=failed,
             compiled_graph_pool_bytes=int(max(0, torch.cuda.memory_reserved(device) - reserved_before)),

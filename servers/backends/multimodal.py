@@ -241,6 +241,9 @@ class QwenVLEmbedder:
     def start_acceleration(self) -> None:
         self.text_decoder.start()
 
+    def stop_acceleration(self) -> None:
+        self.text_decoder.stop()
+
     def acceleration_info(self) -> dict[str, Any]:
         return {**self.text_decoder.info(), "images": "eager"}
 

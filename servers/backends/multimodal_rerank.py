@@ -156,6 +156,9 @@ class QwenVLPairScorer:
     def start_acceleration(self) -> None:
         self.text_decoder.start()
 
+    def stop_acceleration(self) -> None:
+        self.text_decoder.stop()
+
     def acceleration_info(self) -> dict[str, Any]:
         return {**self.text_decoder.info(), "images": "eager"}
 

@@ -105,6 +105,8 @@ class PairScoringBackend(Protocol):
 
     def start_acceleration(self) -> None: ...
 
+    def stop_acceleration(self) -> None: ...
+
     def acceleration_info(self) -> dict[str, Any]: ...
 
 
@@ -231,6 +233,10 @@ class DecoderPairScorer:
         if self.decoder is not None:
             self.decoder.start()
 
+    def stop_acceleration(self) -> None:
+        if self.decoder is not None:
+            self.decoder.stop()
+
     def acceleration_info(self) -> dict[str, Any]:
         return self.decoder.info() if self.decoder is not None else {"graphs": "off", "compile": "off"}
 
@@ -302,6 +308,9 @@ class CrossEncoderPairScorer:
     def start_acceleration(self) -> None:
         """Bidirectional encoders run eager (graphs and compilation serve the causal decoders)."""
 
+    def stop_acceleration(self) -> None:
+        """Nothing runs in the background for an encoder."""
+
     def acceleration_info(self) -> dict[str, Any]:
         return {"graphs": "off (encoder)", "compile": "off (encoder)"}
 
@@ -366,6 +375,9 @@ class BiEncoderScorer:
 
     def start_acceleration(self) -> None:
         self.embedder.start_acceleration()
+
+    def stop_acceleration(self) -> None:
+        self.embedder.stop_acceleration()
 
     def acceleration_info(self) -> dict[str, Any]:
         return self.embedder.acceleration_info()

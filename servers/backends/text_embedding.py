@@ -59,6 +59,8 @@ class TextEmbeddingBackend(Protocol):
 
     def start_acceleration(self) -> None: ...
 
+    def stop_acceleration(self) -> None: ...
+
     def acceleration_info(self) -> dict[str, Any]: ...
 
 
@@ -133,6 +135,10 @@ class LastTokenEmbedder:
     def start_acceleration(self) -> None:
         if self.decoder is not None:
             self.decoder.start()
+
+    def stop_acceleration(self) -> None:
+        if self.decoder is not None:
+            self.decoder.stop()
 
     def acceleration_info(self) -> dict[str, Any]:
         if self.decoder is None:
@@ -210,6 +216,9 @@ class SentenceTransformerEmbedder:
 
     def start_acceleration(self) -> None:
         """Bidirectional encoders run eager (graphs and compilation serve the causal decoders)."""
+
+    def stop_acceleration(self) -> None:
+        """Nothing runs in the background for an encoder."""
 
     def acceleration_info(self) -> dict[str, Any]:
         return {"graphs": "off (encoder)", "compile": "off (encoder)"}

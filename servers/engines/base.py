@@ -72,7 +72,7 @@ class EngineBase(Generic[P, R]):
 
     kind: str = "base"
     #: The torch backend: ``forward(batch, lane)``, ``launch(batch, lane).result()``, ``placement``,
-    #: ``start_acceleration()`` and ``acceleration_info()``.
+    #: ``start_acceleration()``, ``stop_acceleration()`` and ``acceleration_info()``.
     backend: Any
 
     def __init__(self, settings: ServerSettings, metrics: ServerMetrics | None = None) -> None:
@@ -118,6 +118,8 @@ class EngineBase(Generic[P, R]):
 
     async def stop(self) -> None:
         self.ready = False
+        # Background graph capture / compilation ends at its next step instead of outliving the engine.
+        self.backend.stop_acceleration()
         await self.scheduler.stop()
         if self._tokenize_pool is not None:
             self._tokenize_pool.shutdown(wait=True)

@@ -130,3 +130,15 @@ def test_a_query_takes_the_smallest_compiled_graph_then_the_smallest_eager_graph
     assert chosen(8, 128) == ("graph", eager[(8, 128)])
     assert chosen(16, 32) is None  # larger than every bucket: the eager forward
     assert chosen(1, 600) is None
+
+
+def test_a_stopped_decoder_starts_no_background_work() -> None:
+    """Engine stop calls stop(): a decoder stopped before its start never spawns the capture/compile thread."""
+    model = random_qwen3_causal_lm("tiny").model.eval()
+    decoder = LastTokenDecoder(model, choose_placement("cpu", "float32", "sdpa"), 151643, None,
+                               AccelerationSettings(), 512)
+    decoder.graphs_enabled = True  # as on a GPU: start() would spawn the background thread
+    decoder.stop()
+    decoder.start()
+    assert decoder._thread is None
+    assert decoder.wait(0)

@@ -18,7 +18,8 @@ from servers.backends.rerank import (
 )
 from servers.engines import rerank as rerank_engine
 
-CONTRACT = ("prepare", "launch", "forward", "finish", "describe", "start_acceleration", "acceleration_info")
+CONTRACT = ("prepare", "launch", "forward", "finish", "describe", "start_acceleration", "stop_acceleration",
+            "acceleration_info")
 
 
 @pytest.mark.parametrize("backend", [DecoderPairScorer, CrossEncoderPairScorer, BiEncoderScorer, QwenVLPairScorer])

@@ -41,3 +41,12 @@ async def test_left_and_right_padding_give_the_same_vectors(tiny_qwen3_embedding
     async with left:
         lv = (await left.embed(TEXTS)).vectors
     np.testing.assert_allclose(r, lv, atol=1e-5)
+
+
+async def test_stopping_the_engine_stops_the_background_acceleration(tiny_qwen3_embedding: Path) -> None:
+    engine = _engine(tiny_qwen3_embedding, warmup=False)
+    async with engine:
+        decoder = engine.backend.decoder
+        assert decoder is not None
+        assert not decoder._stopping.is_set()
+    assert decoder._stopping.is_set()  # a capture or compile still running ends at its next step
