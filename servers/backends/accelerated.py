@@ -330,7 +330,6 @@ class LastTokenDecoder:
             for key in ("graphs", "compiled_graphs", "compile"):
                 if self._stopping.is_set() and self._stats.get(key) in ("pending", "capturing", "compiling"):
                     self._stats[key] = "stopped"
-
         except Exception:  # never take the server down: it keeps serving eager
             logger.exception("%s: acceleration failed; serving eager", self.name)
 
