@@ -221,7 +221,8 @@ def bench_accelerated_forward(model_dir: Path, cfg: Config, mean_len: int, word_
     model.to(cfg.device).eval()
     cold = time.perf_counter()
     cache = tempfile.mkdtemp(prefix="bench-inductor-inprocess-")
-    # Compiled graphs for exactly the query shapes measured below (each costs ~30 s of cold compilation).
+    # Compiled graphs for exactly the query shapes measured below (each cost 37-46 s of cold compilation on the
+    # H200, 2026-12-04).
     q = cfg.query_tokens
     acceleration = AccelerationSettings(compile_cache_dir=cache, compiled_graph_buckets=((1, q), (4, q), (8, q)))
     decoder = LastTokenDecoder(model, placement, 151643, None, acceleration, cfg.max_length, name="bench")

@@ -3,18 +3,22 @@ read apart from the bulk requests' (the benchmark's loaded-query stage table rea
 
 from __future__ import annotations
 
-import re
-
 import requests
+
+from bench.embed_throughput import scrape_stages
 
 TIMEOUT_S = 60
 
 
 def _stage_counts(base: str) -> dict[tuple[str, str], float]:
-    text = requests.get(f"{base}/metrics", timeout=TIMEOUT_S).text
-    # prometheus_client renders label names sorted: lane before stage.
-    pattern = r'^rag_stage_duration_seconds_count\{lane="([^"]+)",stage="([^"]+)"\} (\S+)$'
-    return {(stage, lane): float(n) for lane, stage, n in re.findall(pattern, text, re.MULTILINE)}
+    """``{(stage, lane): observations}`` through the benchmark's own /metrics reader (checked here too)."""
+    prefix = "rag_stage_duration_seconds_count["
+    counts: dict[tuple[str, str], float] = {}
+    for key, n in scrape_stages(base).items():
+        if key.startswith(prefix):
+            stage, _, lane = key[len(prefix):-1].partition("/")
+            counts[(stage, lane)] = n
+    return counts
 
 
 def test_stage_latencies_are_labelled_with_the_lane(qwen_server: str) -> None:
