@@ -47,13 +47,14 @@ class EncodedInput:
     """One model input: a formatted pair (pair scorers) or one text (bi-encoder).
 
     Attributes:
-        ids: Token ids, after templates and truncation.
+        ids: Token ids, after templates and truncation; a tuple for the garbage collector's sake (see
+            :class:`~servers.backends.text_embedding.TokenizedText`).
         type_ids: Segment ids for encoders that use them (BERT pairs), else None.
         original_length: Tokens before truncation.
     """
 
-    ids: list[int]
-    type_ids: list[int] | None
+    ids: tuple[int, ...]
+    type_ids: tuple[int, ...] | None
     original_length: int
 
     @property
@@ -263,7 +264,7 @@ class DecoderPairScorer:
             original = fixed + len(middle)
             if len(middle) > self.middle_budget:
                 middle = middle[-self.middle_budget :] if self._truncate_left else middle[: self.middle_budget]
-            out.append(EncodedInput([*self.prefix_ids, *middle, *self.suffix_ids], None, original))
+            out.append(EncodedInput((*self.prefix_ids, *middle, *self.suffix_ids), None, original))
         return out
 
     def forward(self, batch: list[EncodedInput], lane: str) -> np.ndarray:
@@ -336,9 +337,11 @@ class CrossEncoderPairScorer:
             types = full["token_type_ids"][i] if "token_type_ids" in full else None
             if len(ids) > self.max_length:
                 cut = tok(queries[i], docs[i], truncation="longest_first", max_length=self.max_length)
-                out.append(EncodedInput(list(cut["input_ids"]), cut.get("token_type_ids"), len(ids)))
+                cut_types = cut.get("token_type_ids")
+                out.append(EncodedInput(tuple(cut["input_ids"]), tuple(cut_types) if cut_types is not None else None,
+                                        len(ids)))
             else:
-                out.append(EncodedInput(list(ids), list(types) if types is not None else None, len(ids)))
+                out.append(EncodedInput(tuple(ids), tuple(types) if types is not None else None, len(ids)))
         return out
 
     def forward(self, batch: list[EncodedInput], lane: str) -> np.ndarray:

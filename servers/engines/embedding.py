@@ -54,7 +54,7 @@ def matryoshka(vectors: np.ndarray, dimensions: int | None, normalize: bool) -> 
     return out
 
 
-class EmbeddingEngine(EngineBase[list[int], np.ndarray]):
+class EmbeddingEngine(EngineBase[tuple[int, ...], np.ndarray]):
     """Serve one text embedding model: ``await engine.embed(texts, input_type=...)``.
 
     Works without HTTP too (a notebook)::
