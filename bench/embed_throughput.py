@@ -52,6 +52,7 @@ from typing import Any
 import numpy as np
 
 from bench.server_process import get_json, rag_serve
+from servers.backends.accelerated import acceleration_settled
 from testkit.qwen_tokenizer import save_qwen_tokenizer
 from testkit.random_models import QWEN3_SHAPES as SHAPES
 from testkit.random_models import save_qwen3_embedding
@@ -308,34 +309,62 @@ def wait_accelerated(base: str, timeout_s: float) -> dict[str, Any]:
     info: dict[str, Any] = {}
     while time.perf_counter() < deadline:
         info = get_json(base + "/info").get("acceleration", {})
-        if all(str(info.get(k, "off")) in ("ready", "off", "failed") or str(info.get(k, "")).startswith("off")
-               for k in ("graphs", "compiled_graphs", "compile")):
+        if acceleration_settled(info):
             return info
         time.sleep(1.0)
     return {**info, "timeout": True}
 
 
+#: Histograms the stage readers keep, and the label that names each series (stage series: stage/lane).
+_STAGE_SERIES = {
+    "rag_stage_duration_seconds": ("stage", "lane"),
+    "rag_request_duration_seconds": ("route",),
+    "rag_forward_duration_seconds": ("lane",),
+    "rag_gc_pause_seconds": ("generation",),
+}
+_SAMPLE = re.compile(r'^([a-z_]+)\{([^}]*)\} ([0-9.eE+-]+|NaN|[+-]Inf)$')
+_LABEL = re.compile(r'([a-z_]+)="([^"]*)"')
+
+
 def scrape_stages(base: str) -> dict[str, float]:
-    """Sums and counts of the stage and request histograms: ``stage[tokenize/priority]`` (stage and lane),
-    ``request[/embed]``, ``forward[priority]``."""
+    """Sums, counts and buckets of the stage, request, forward and GC-pause histograms in ``/metrics``.
+
+    Keys: ``rag_stage_duration_seconds_sum[tokenize/priority]`` (stage/lane),
+    ``rag_request_duration_seconds_count[/embed]``, ``rag_forward_duration_seconds_bucket[priority]@0.025``
+    (observations <= 25 ms), ``rag_gc_pause_seconds_count[2]`` (full collections).
+    """
     import urllib.request
 
     with urllib.request.urlopen(base + "/metrics", timeout=10) as resp:
-        text = resp.read().decode()
+        return parse_stage_series(resp.read().decode())
+
+
+def parse_stage_series(text: str) -> dict[str, float]:
+    """The :func:`scrape_stages` keys of a Prometheus text exposition (label order does not matter)."""
     out: dict[str, float] = {}
-    # prometheus_client renders label names sorted: {lane=..,stage=..} for the stage histogram.
-    pattern = re.compile(r'^(rag_(?:stage|request|forward)_duration_seconds_(?:sum|count))'
-                         r'\{(?:lane="([^"]+)",)?(?:stage|route|lane)="([^"]+)"\} ([0-9.eE+-]+)$')
     for line in text.splitlines():
-        m = pattern.match(line)
-        if m:
-            label = m.group(3) + (f"/{m.group(2)}" if m.group(2) else "")
-            out[f"{m.group(1)}[{label}]"] = float(m.group(4))
+        m = _SAMPLE.match(line)
+        if not m:
+            continue
+        name, suffix = m.group(1).rpartition("_")[0], m.group(1).rpartition("_")[2]
+        if name not in _STAGE_SERIES or suffix not in ("sum", "count", "bucket"):
+            continue
+        labels = dict(_LABEL.findall(m.group(2)))
+        label = "/".join(labels[k] for k in _STAGE_SERIES[name] if k in labels)
+        key = f"{name}_{suffix}[{label}]" + (f"@{labels['le']}" if suffix == "bucket" else "")
+        out[key] = float(m.group(3))
     return out
 
 
+def _series_name(key: str) -> str:
+    """``rag_stage_duration_seconds_sum[tokenize/priority]`` -> ``stage[tokenize/priority]``."""
+    for suffix in ("_duration_seconds_sum", "_seconds_sum"):
+        key = key.replace(suffix, "")
+    return key.removeprefix("rag_")
+
+
 def stage_means_ms(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
-    """Mean milliseconds per observation of each stage between two scrapes."""
+    """Mean milliseconds per observation of each series between two scrapes."""
     out: dict[str, float] = {}
     for key, value in after.items():
         if "_sum[" not in key:
@@ -343,8 +372,35 @@ def stage_means_ms(before: dict[str, float], after: dict[str, float]) -> dict[st
         count_key = key.replace("_sum[", "_count[")
         n = after.get(count_key, 0.0) - before.get(count_key, 0.0)
         if n > 0:
-            name = key.replace("rag_", "").replace("_duration_seconds_sum", "")
-            out[name] = round(1000 * (value - before.get(key, 0.0)) / n, 3)
+            out[_series_name(key)] = round(1000 * (value - before.get(key, 0.0)) / n, 3)
+    return out
+
+
+#: Latency thresholds (ms) a tail is counted over; each is a bucket bound of the latency and GC histograms.
+TAIL_THRESHOLDS_MS = (10, 25, 50, 100)
+
+
+def stage_tails(before: dict[str, float], after: dict[str, float],
+                thresholds_ms: Sequence[int] = TAIL_THRESHOLDS_MS) -> dict[str, dict[str, int]]:
+    """How many observations of each series between two scrapes took longer than each threshold.
+
+    A loaded query's p99 is a few slow requests; this says in which stage (or in a GC pause) they were
+    slow, which a mean cannot. Returns ``{series: {"n": count, ">25ms": count over 25 ms, ...}}``.
+    """
+    out: dict[str, dict[str, int]] = {}
+    for key, value in after.items():
+        if "_count[" not in key:
+            continue
+        n = int(value - before.get(key, 0.0))
+        if n <= 0:
+            continue
+        bucket = key.replace("_count[", "_bucket[")
+        row = {"n": n}
+        for ms in thresholds_ms:
+            le = f"{bucket}@{ms / 1000}"
+            if le in after:
+                row[f">{ms}ms"] = n - int(after[le] - before.get(le, 0.0))
+        out[_series_name(key.replace("_count[", "_sum["))] = row
     return out
 
 
@@ -533,7 +589,8 @@ def bench_server(model_dir: Path, cfg: Config, corpus: list[str], lengths: np.nd
             log(f"server e2e: {stats.tokens / elapsed:,.0f} tokens/s ({stats.texts} texts in {elapsed:.1f}s); "
                 f"batches {json.dumps(result['e2e']['server_batches'].get('bulk', {}))}")
         if "d" in parts:
-            result["loaded_query"] = _loaded_probe(base, batches, cfg, query_texts)
+            result["loaded_query"] = loaded_probe(base, batches, query_texts, cfg.concurrency, cfg.query_rps,
+                                                  cfg.query_seconds)
             log(f"query latency under load: {result['loaded_query']}")
     return result
 
@@ -578,22 +635,24 @@ def _bulk_process(base: str, batches: list[list[str]], concurrency: int, stop: A
     results.put((stats.tokens, stats.texts, stats.errors, elapsed))
 
 
-def _loaded_probe(base: str, batches: list[list[str]], cfg: Config, queries: list[str]) -> dict[str, Any]:
+def loaded_probe(base: str, batches: list[list[str]], queries: list[str], concurrency: int, rps: float,
+                 seconds: float) -> dict[str, Any]:
     """Query latency while a separate process (so its response parsing never delays a probe) saturates
-    the server with the (b) load."""
+    the server: ``concurrency`` clients send ``batches`` round and round, one query of ``queries`` every
+    ``1 / rps`` s for ``seconds``. Also the per-stage means and tails (:func:`stage_tails`) of that window."""
     import multiprocessing as mp
 
     ctx = mp.get_context("fork")
     stop, results = ctx.Event(), ctx.Queue()
-    child = ctx.Process(target=_bulk_process, args=(base, batches, cfg.concurrency, stop, results), daemon=True)
+    child = ctx.Process(target=_bulk_process, args=(base, batches, concurrency, stop, results), daemon=True)
     child.start()
     try:
-        time.sleep(min(3.0, cfg.query_seconds))  # let the queue fill and the GPU saturate
+        time.sleep(min(3.0, seconds))  # let the queue fill and the GPU saturate
         before = scrape_metrics(base)
         stages_before = scrape_stages(base)
-        n = max(1, int(cfg.query_rps * cfg.query_seconds))
+        n = max(1, int(rps * seconds))
         started = time.perf_counter()
-        latencies = asyncio.run(query_probe(base, [queries[i % len(queries)] for i in range(n)], cfg.query_rps))
+        latencies = asyncio.run(query_probe(base, [queries[i % len(queries)] for i in range(n)], rps))
         probe_s = time.perf_counter() - started
         after = scrape_metrics(base)
         stages_after = scrape_stages(base)
@@ -602,11 +661,12 @@ def _loaded_probe(base: str, batches: list[list[str]], cfg: Config, queries: lis
     tokens, _texts, errors, elapsed = results.get(timeout=600)
     child.join(timeout=60)
     out: dict[str, Any] = latency_summary(latencies)
-    out.update({"rps": cfg.query_rps, "probe_seconds": probe_s, "bulk_errors": errors,
+    out.update({"rps": rps, "probe_seconds": probe_s, "bulk_errors": errors,
                 "bulk_tokens_per_s_during_probe": tokens / elapsed,
                 "server_batches_during_probe": metrics_delta(before, after, probe_s),
                 # Where a loaded query's time goes (priority-lane stages), beside the bulk lane's.
-                "stages_ms": stage_means_ms(stages_before, stages_after)})
+                "stages_ms": stage_means_ms(stages_before, stages_after),
+                "stage_tails": stage_tails(stages_before, stages_after)})
     return out
 
 
@@ -946,6 +1006,11 @@ def markdown(results: dict[str, Any]) -> str:
         if loaded_stages:
             lines.append(f"| {shape} | (d) query under saturation, mean ms per stage and lane | | "
                          + ", ".join(f"{k} {v:.2f}" for k, v in sorted(loaded_stages.items())) + " |")
+        tails = srv.get("loaded_query", {}).get("stage_tails")
+        if tails:
+            lines.append(f"| {shape} | (d) query under saturation, observations over 10/25/50/100 ms | | "
+                         + "; ".join(f"{k} " + "/".join(str(t.get(f'>{ms}ms', '-')) for ms in TAIL_THRESHOLDS_MS)
+                                     + f" of {t['n']}" for k, t in sorted(tails.items())) + " |")
         mem = r.get("memory")
         if mem:
             for row in mem["rows"]:

@@ -481,6 +481,12 @@ class ServerInfo(BaseModel):
     warmup: bool = Field(description="A warm-up forward ran before the server reported healthy.")
     max_body_bytes: int = Field(description="Max request body size.")
     auth_required: bool = Field(description="Routes other than /health and /healthz need a Bearer key.")
+    gc_freeze: bool = Field(
+        default=False, description="The start-up heap is frozen out of garbage collection (--gc-freeze).")
+    gc_frozen_objects: int | None = Field(
+        default=None, description="Objects the garbage collector skips now (frozen at start-up and after acceleration).")
+    gc_freezes: list[dict[str, Any]] | None = Field(
+        default=None, description="Each freeze so far: reason, objects frozen after it, seconds it took.")
     milvus_uri: str | None = Field(default=None, description="Search server: Milvus URI of its collection.")
     collection: str | None = Field(default=None, description="Search server: the collection it searches.")
     upstreams: dict[str, str] | None = Field(

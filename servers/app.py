@@ -23,6 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from servers.engine_api import Engine
 from servers.errors import QueueFullError, ServingError
+from servers.heap import HeapFreezer
 from servers.kinds import kind_spec
 from servers.metrics import ServerMetrics
 from servers.responses import error_response
@@ -161,28 +162,38 @@ def create_app(
         app.state.metrics = metrics
         app.state.engine = None
         app.state.load_error = None
+        heap = app.state.heap = HeapFreezer(enabled=settings.gc_freeze)
+        metrics.gc_pauses.install()
+        tasks: list[asyncio.Task[None]] = []
 
         async def bring_up() -> None:
             try:
                 built = engine if engine is not None else await asyncio.to_thread(engine_factory, settings, metrics)
                 await built.start()
+                # Before /health turns 200: the start-up heap leaves garbage collection (servers/heap.py).
+                heap.freeze("engine ready")
                 app.state.engine = built
                 logger.info("ready: %s", built.info())
             except Exception as exc:
                 logger.exception("model failed to load")
                 app.state.load_error = type(exc).__name__ + (f": {exc}" if isinstance(exc, (ValueError, OSError)) else "")
+                return
+            tasks.append(asyncio.create_task(heap.freeze_when_accelerated(built)))
 
-        loader = asyncio.create_task(bring_up())
+        tasks.append(asyncio.create_task(bring_up()))
         try:
             yield
         finally:
-            loader.cancel()
-            try:
-                await loader
-            except asyncio.CancelledError:
-                pass
+            for task in reversed(tasks):
+                task.cancel()
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    pass
             if app.state.engine is not None:
                 await app.state.engine.stop()
+            metrics.gc_pauses.remove()
+            heap.unfreeze()
 
     app = FastAPI(
         title=f"rag-plugins {settings.kind} server",

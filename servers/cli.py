@@ -46,6 +46,8 @@ FLAG_HELP: dict[str, str] = {
     "log_level": "debug, info, warning, error",
     "warmup": "run a warm-up forward before reporting healthy",
     "drain_grace_s": "on SIGTERM: seconds to finish queued and in-flight requests (new ones get 503) before exiting",
+    "gc_freeze": "once ready (and again once accelerated) move the start-up heap out of Python's garbage "
+                 "collection, so a full collection under load pauses the server for milliseconds, not ~0.2 s",
     "image_root": "mm-embed: directory {\"path\"} images may be read from (repeat or comma-separate; none: paths refused)",
     "allow_url_images": "mm-embed: fetch {\"url\"} images (loopback, private and link-local targets are always refused)",
     "max_image_bytes": "mm-embed: max encoded size of one image in bytes",

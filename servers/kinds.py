@@ -22,7 +22,7 @@ COMMON_SETTINGS: frozenset[str] = frozenset({
     "model", "served_model_name", "device", "dtype", "attention", "host", "port", "api_keys", "max_length",
     "max_batch_tokens", "max_batch_size", "max_wait_ms", "max_queue_items", "max_client_batch", "max_body_bytes",
     "bulk_workers", "priority_max_items", "priority_max_tokens", "tokenizer_threads", "retry_after_s",
-    "instruction", "log_level", "warmup", "drain_grace_s", "cuda_graphs", "compile", "cuda_graph_max_batch",
+    "instruction", "log_level", "warmup", "drain_grace_s", "gc_freeze", "cuda_graphs", "compile", "cuda_graph_max_batch",
     "cuda_graph_max_length", "compile_cache_dir", "compiled_graph_buckets",
 })
 #: Settings of servers that take images (sources, checks, the model's pixel range).
@@ -34,7 +34,7 @@ IMAGE_SETTINGS: frozenset[str] = frozenset({
 #: Settings of the search server: no model of its own, the HTTP front, and where its collection and
 #: upstream model servers are.
 SEARCH_SETTINGS: frozenset[str] = frozenset({
-    "served_model_name", "host", "port", "api_keys", "max_body_bytes", "log_level", "drain_grace_s",
+    "served_model_name", "host", "port", "api_keys", "max_body_bytes", "log_level", "drain_grace_s", "gc_freeze",
     "milvus_uri", "collection", "embed_url", "mm_embed_url", "rerank_url", "upstream_api_key",
 })
 

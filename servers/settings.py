@@ -80,6 +80,8 @@ class ServerSettings:
     warmup: bool = True
     #: Seconds a SIGTERM'd server keeps finishing accepted work (new work gets 503) before it exits anyway.
     drain_grace_s: float = 30.0
+    #: Freeze the start-up heap out of garbage collection once ready and once accelerated (servers/heap.py).
+    gc_freeze: bool = True
     # Multimodal embedding server (mm-embed): image sources, image checks, model pixel range.
     image_root: tuple[str, ...] = ()
     allow_url_images: bool = False

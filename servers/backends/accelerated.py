@@ -97,6 +97,16 @@ class AccelerationSettings:
         )
 
 
+#: ``acceleration_info()`` states of a part (graphs, compiled graphs, compile) still being built.
+BUSY_STATES = frozenset({"pending", "capturing", "compiling"})
+
+
+def acceleration_settled(info: dict[str, Any]) -> bool:
+    """Whether no part of an ``acceleration_info()`` is still being built (each is ready, off, failed or
+    stopped)."""
+    return not any(str(info.get(part, "off")) in BUSY_STATES for part in ("graphs", "compiled_graphs", "compile"))
+
+
 def triton_available() -> bool:
     try:
         import triton  # noqa: F401

@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
 
-from servers.backends.accelerated import DEFAULT_COMPILE_CACHE
+from servers.backends.accelerated import DEFAULT_COMPILE_CACHE, acceleration_settled
 from servers.backends.device import Placement, choose_placement
 from servers.errors import NotReadyError, RequestTooLargeError
 from servers.metrics import ServerMetrics
@@ -154,6 +154,10 @@ class EngineBase(Generic[P, R]):
 
     def info(self) -> dict[str, Any]:
         raise NotImplementedError
+
+    def accelerating(self) -> bool:
+        """Whether the backend is still capturing graphs or compiling in the background."""
+        return not acceleration_settled(self.backend.acceleration_info())
 
     def acceleration_facts(self) -> dict[str, Any]:
         """``/info`` fields of the speed settings and of what the backend has built so far."""

@@ -117,6 +117,10 @@ class SearchEngine:
         if self.store is not None:
             await asyncio.to_thread(self.store.close)
 
+    def accelerating(self) -> bool:
+        """Never: the search server holds no model."""
+        return False
+
     def info(self) -> dict[str, Any]:
         """``/info`` facts: the collection, its vector fields and the upstream servers."""
         store = self.store

@@ -55,7 +55,11 @@ def server_info(request: Request) -> ServerInfo:
         warmup=settings.warmup,
         max_body_bytes=app_settings.max_body_bytes,
         auth_required=bool(app_settings.api_keys),
+        gc_freeze=app_settings.gc_freeze,
     )
+    heap = getattr(request.app.state, "heap", None)
+    if heap is not None:
+        facts.update(gc_frozen_objects=heap.frozen_objects, gc_freezes=list(heap.freezes))
     backend = getattr(engine, "backend", None)
     placement = getattr(backend, "placement", None)
     if placement is not None:

@@ -43,3 +43,24 @@ def test_stage_latencies_are_labelled_with_the_lane(qwen_server: str) -> None:
     assert grew(after_query, after_bulk, ("tokenize", "bulk")) == 1
     assert grew(after_query, after_bulk, ("queue_and_forward", "bulk")) == 1
     assert grew(after_query, after_bulk, ("queue_and_forward", "priority")) == 0
+
+
+def test_the_start_up_heap_is_frozen_and_gc_pauses_are_measured(qwen_server: str) -> None:
+    """A real server freezes its start-up heap before it reports healthy (servers/heap.py), says so in
+    /info, and times every garbage collection into /metrics."""
+    info = requests.get(f"{qwen_server}/info", timeout=TIMEOUT_S).json()
+    assert info["gc_freeze"] is True
+    assert info["gc_freezes"][0]["reason"] == "engine ready"
+    # torch + transformers + the model: hundreds of thousands of objects the collector no longer walks (a
+    # frozen object freed by its reference count leaves the count, so it drifts down as the server runs).
+    assert info["gc_freezes"][0]["objects"] > 100_000
+    assert info["gc_frozen_objects"] > 100_000, info["gc_frozen_objects"]
+    # No acceleration on the CPU, so no second freeze.
+    assert [f["reason"] for f in info["gc_freezes"]] == ["engine ready"]
+    before = scrape_stages(qwen_server)
+    for _ in range(20):  # enough allocations for young collections to run
+        assert requests.post(f"{qwen_server}/embed", json={"texts": [f"text {i}" for i in range(40)]},
+                             timeout=TIMEOUT_S).status_code == 200
+    after = scrape_stages(qwen_server)
+    young = "rag_gc_pause_seconds_count[0]"
+    assert after.get(young, 0) > before.get(young, 0)

@@ -51,7 +51,7 @@ def _search_argv(milvus_uri: str, upstream: str) -> list[str]:
         "--served-model-name", "flag-search", "--host", "127.0.0.2", "--port", "8765", "--api-key", KEY,
         "--max-body-bytes", "150000", "--log-level", "warning", "--milvus-uri", milvus_uri, "--collection", "flags",
         "--embed-url", upstream, "--mm-embed-url", upstream + "/", "--rerank-url", upstream + "//",
-        "--upstream-api-key", UPSTREAM_KEY,
+        "--upstream-api-key", UPSTREAM_KEY, "--no-gc-freeze",
     ]
 
 
@@ -65,7 +65,7 @@ def _argv(kind: str, model: Path, image_root: Path) -> list[str]:
         "--max-batch-tokens", "2000", "--max-batch-size", "7", "--max-wait-ms", "3.5", "--max-queue-items", "999",
         "--max-client-batch", "5", "--max-body-bytes", "150000", "--bulk-workers", "2", "--priority-max-items",
         "3", "--priority-max-tokens", "555", "--tokenizer-threads", "3", "--retry-after-s", "4",
-        "--instruction", INSTRUCTION, "--log-level", "warning", "--no-warmup", "--cuda-graphs", "off",
+        "--instruction", INSTRUCTION, "--log-level", "warning", "--no-warmup", "--no-gc-freeze", "--cuda-graphs", "off",
         "--compile", "off", "--cuda-graph-max-batch", "4", "--cuda-graph-max-length", "256",
         "--compile-cache-dir", "/tmp/flag-inductor-cache", "--compiled-graph-buckets", "2x64,1x128",
     ]
@@ -99,6 +99,7 @@ INFO_CHECKS: dict[str, tuple[str, Any]] = {
     "tokenizer_threads": ("tokenizer_threads", 3),
     "retry_after_s": ("retry_after_s", 4),
     "warmup": ("warmup", False),
+    "gc_freeze": ("gc_freeze", False),
     "last_token_padding": ("last_token_padding", "left"),
     "allow_url_images": ("url_images", True),
     "max_image_bytes": ("max_image_bytes", 123456),
@@ -253,6 +254,7 @@ def test_every_search_flag_reaches_the_server(tiny_qwen3_embedding: Path, tmp_pa
             assert info["kind"] == "search"
             assert info["model"] == "flag-search"
             assert (info["milvus_uri"], info["collection"], info["text_dim"]) == (uri, "flags", 64)
+            assert (info["gc_freeze"], info["gc_frozen_objects"], info["gc_freezes"]) == (False, 0, [])
             assert info["upstreams"] == {"embed": upstream, "mm_embed": upstream + "/", "rerank": upstream + "//"}
             assert info["max_body_bytes"] == 150000
             big = client.post("/search", content=b"x" * 150_001, headers={**AUTH, "Content-Type": "application/json"})

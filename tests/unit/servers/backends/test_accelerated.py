@@ -14,6 +14,7 @@ from servers.backends.accelerated import (
     LastTokenDecoder,
     _LayerForward,
     _ThreadLocalSwitch,
+    acceleration_settled,
     decoder_layers,
     graph_buckets,
     right_padded,
@@ -142,3 +143,12 @@ def test_a_stopped_decoder_starts_no_background_work() -> None:
     decoder.start()
     assert decoder._thread is None
     assert decoder.wait(0)
+
+
+def test_acceleration_is_settled_only_when_no_part_is_still_being_built() -> None:
+    assert acceleration_settled({"graphs": "ready", "compiled_graphs": "ready", "compile": "ready"})
+    assert acceleration_settled({"graphs": "off (encoder)", "compile": "off (encoder)"})
+    assert acceleration_settled({"graphs": "ready", "compiled_graphs": "failed", "compile": "stopped"})
+    for busy in ("pending", "capturing", "compiling"):
+        assert not acceleration_settled({"graphs": "ready", "compiled_graphs": busy, "compile": "pending"})
+        assert not acceleration_settled({"graphs": busy})
