@@ -14,7 +14,7 @@ rerankers) runs its batches through :class:`LastTokenDecoder`:
   captured from the eager forward in a background thread after start-up (so Pascal cards without Triton
   get them too), all buckets sharing one memory pool. A replay launches the whole forward at once;
 * **compiled graphs** (``--compiled-graph-buckets``, needs compilation too): a few query buckets (default
-  1x32, 1x64, 4x64, 8x64) also get a *static-shape* ``torch.compile`` of the whole forward, captured as a
+  1x64 and 8x64) also get a *static-shape* ``torch.compile`` of the whole forward, captured as a
   CUDA graph: fused kernels and one launch. On the H200 (2026-12-04, Qwen3-Embedding-0.6B shape, bf16) a
   1x32 forward took 1.76 ms this way against 4.55 ms for the graph of the eager forward (probe of 12-02:
   cosine >= 0.9998 to eager), at ~40-50 s of compilation per bucket with a cold cache. A query takes the

@@ -88,7 +88,7 @@ def test_acceleration_settings_come_from_the_server_settings(tmp_path: Path) -> 
     acc = AccelerationSettings.from_settings(settings)
     assert (acc.cuda_graphs, acc.compile, acc.graph_max_batch, acc.graph_max_length) == ("off", "on", 2, 64)
     assert acc.compile_cache_dir == str(tmp_path)
-    assert acc.compiled_graph_buckets == ((1, 32), (1, 64), (4, 64), (8, 64))  # the default, smallest first
+    assert acc.compiled_graph_buckets == ((1, 64), (8, 64))  # the default, smallest first
     with pytest.raises(ValueError, match="cuda_graphs"):
         ServerSettings(model="x", cuda_graphs="sometimes")
 
