@@ -318,7 +318,7 @@ def wait_accelerated(base: str, timeout_s: float) -> dict[str, Any]:
 #: Histograms the stage readers keep, and the label that names each series (stage series: stage/lane).
 _STAGE_SERIES = {
     "rag_stage_duration_seconds": ("stage", "lane"),
-    "rag_request_duration_seconds": ("route",),
+    "rag_request_duration_seconds": ("route", "lane"),
     "rag_forward_duration_seconds": ("lane",),
     "rag_gc_pause_seconds": ("generation",),
 }
@@ -330,7 +330,7 @@ def scrape_stages(base: str) -> dict[str, float]:
     """Sums, counts and buckets of the stage, request, forward and GC-pause histograms in ``/metrics``.
 
     Keys: ``rag_stage_duration_seconds_sum[tokenize/priority]`` (stage/lane),
-    ``rag_request_duration_seconds_count[/embed]``, ``rag_forward_duration_seconds_bucket[priority]@0.025``
+    ``rag_request_duration_seconds_count[/embed/priority]`` (route/lane), ``rag_forward_duration_seconds_bucket[priority]@0.025``
     (observations <= 25 ms), ``rag_gc_pause_seconds_count[2]`` (full collections).
     """
     import urllib.request

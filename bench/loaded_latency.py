@@ -52,7 +52,7 @@ def summary_row(run: dict[str, Any]) -> dict[str, Any]:
     """The table's columns of one run."""
     means, tails = run["stages_ms"], run["stage_tails"]
     full = tails.get("gc_pause[2]", {})
-    # The request histogram is per route (bulk requests too); the stage series carry the lane.
+    # Priority lane only: the whole request (route/lane), its tokenize and its queue + forward.
     slow = {k: v.get(">25ms", 0) for k, v in tails.items() if k.endswith("/priority]")}
     return {
         "variant": run["variant"], "bulk_tokens_per_s": round(run["bulk_tokens_per_s_during_probe"]),
@@ -70,7 +70,7 @@ def markdown(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
         f"{meta['seconds']:.0f} s; GC pauses and slow stages from the server's /metrics of the probe window "
         f"(thresholds {', '.join(str(t) for t in TAIL_THRESHOLDS_MS)} ms).", "",
         "| variant | bulk tokens/s | query p50 / p90 / p99 / max ms | full GCs (mean ms) | gen-1 GC mean ms "
-        "| priority stages over 25 ms |",
+        "| queries slower than 25 ms, by stage (server side) |",
         "|---|---:|---|---|---:|---|",
     ]
     for r in rows:

@@ -25,7 +25,7 @@ from servers.engine_api import Engine
 from servers.errors import QueueFullError, ServingError
 from servers.heap import HeapFreezer
 from servers.kinds import kind_spec
-from servers.metrics import ServerMetrics
+from servers.metrics import REQUEST_LANE, RequestLane, ServerMetrics
 from servers.responses import error_response
 from servers.routes import common
 from servers.settings import ServerSettings
@@ -59,6 +59,8 @@ class RequestGuard:
         route = path if path in self.routes else "other"
         started = time.perf_counter()
         status_holder = {"status": 500}
+        lane = RequestLane()
+        lane_token = REQUEST_LANE.set(lane)
 
         async def send_wrapper(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -101,7 +103,8 @@ class RequestGuard:
             await self.app(scope, replay_receive, send_wrapper)
         finally:
             self.metrics.requests.labels(route, str(status_holder["status"])).inc()
-            self.metrics.request_seconds.labels(route).observe(time.perf_counter() - started)
+            self.metrics.request_seconds.labels(route, lane.lane).observe(time.perf_counter() - started)
+            REQUEST_LANE.reset(lane_token)
 
     def _reject(self, scope: Scope) -> Any:
         headers = dict(scope.get("headers") or [])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import time
 from collections import deque
+from contextvars import ContextVar
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -18,6 +19,30 @@ _GC_BUCKETS = (0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+class RequestLane:
+    """The scheduler lane a request's items took: "priority", "bulk", or "none" (it queued nothing).
+
+    The request middleware puts one in :data:`REQUEST_LANE` per request; the engine, which may run the request
+    in a child task (disconnect watching), records the lane into that same object, which the middleware then
+    reads, so a query's whole request time reads apart from the bulk requests' on the same route.
+    """
+
+    __slots__ = ("lane",)
+
+    def __init__(self) -> None:
+        self.lane = "none"
+
+
+REQUEST_LANE: ContextVar[RequestLane | None] = ContextVar("rag_request_lane", default=None)
+
+
+def record_request_lane(lane: str) -> None:
+    """Note the lane of the current request's items (no-op outside a request, e.g. an in-process engine)."""
+    holder = REQUEST_LANE.get()
+    if holder is not None:
+        holder.lane = lane
 
 
 class GcPauseRecorder:
@@ -72,7 +97,9 @@ class ServerMetrics:
             "rag_requests_total", "HTTP requests by route and status code", ["route", "status"], registry=r
         )
         self.request_seconds = Histogram(
-            "rag_request_duration_seconds", "Request latency by route", ["route"], buckets=_LATENCY_BUCKETS,
+            "rag_request_duration_seconds",
+            "Request latency by route and the scheduler lane its items took (none: it queued nothing)",
+            ["route", "lane"], buckets=_LATENCY_BUCKETS,
             registry=r,
         )
         self.stage_seconds = Histogram(

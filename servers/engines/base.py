@@ -13,7 +13,7 @@ from typing import Any, Generic, Protocol, TypeVar
 from servers.backends.accelerated import DEFAULT_COMPILE_CACHE, acceleration_settled
 from servers.backends.device import Placement, choose_placement
 from servers.errors import NotReadyError, RequestTooLargeError
-from servers.metrics import ServerMetrics
+from servers.metrics import ServerMetrics, record_request_lane
 from servers.model_files import resolve_model_dir
 from servers.scheduler import BatchLimits, Lane, TokenBudgetScheduler
 from servers.settings import ServerSettings
@@ -218,6 +218,7 @@ class EngineBase(Generic[P, R]):
         """Queue payloads for the model; the priority lane when ``priority`` and the request is small enough."""
         started = time.perf_counter()
         lane_is_priority = priority and self._is_priority(len(payloads), sum(costs))
+        record_request_lane("priority" if lane_is_priority else "bulk")
         results = await self.scheduler.submit(payloads, costs, priority=lane_is_priority)
         self.metrics.stage_seconds.labels("queue_and_forward", "priority" if lane_is_priority else "bulk").observe(
             time.perf_counter() - started

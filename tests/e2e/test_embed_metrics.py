@@ -21,7 +21,14 @@ def _stage_counts(base: str) -> dict[tuple[str, str], float]:
     return counts
 
 
+def _request_counts(base: str) -> dict[str, float]:
+    """``{lane: /embed requests}`` of the request histogram (route and lane labels)."""
+    prefix = "rag_request_duration_seconds_count[/embed/"
+    return {key[len(prefix):-1]: n for key, n in scrape_stages(base).items() if key.startswith(prefix)}
+
+
 def test_stage_latencies_are_labelled_with_the_lane(qwen_server: str) -> None:
+    requests_before = _request_counts(qwen_server)
     before = _stage_counts(qwen_server)
     one = requests.post(f"{qwen_server}/embed", json={"texts": ["a single query"], "input_type": "query"},
                         timeout=TIMEOUT_S)
@@ -43,6 +50,10 @@ def test_stage_latencies_are_labelled_with_the_lane(qwen_server: str) -> None:
     assert grew(after_query, after_bulk, ("tokenize", "bulk")) == 1
     assert grew(after_query, after_bulk, ("queue_and_forward", "bulk")) == 1
     assert grew(after_query, after_bulk, ("queue_and_forward", "priority")) == 0
+    # The whole request's latency carries the lane too: one query, one bulk request.
+    requests_after = _request_counts(qwen_server)
+    assert requests_after.get("priority", 0) - requests_before.get("priority", 0) == 1
+    assert requests_after.get("bulk", 0) - requests_before.get("bulk", 0) == 1
 
 
 def test_the_start_up_heap_is_frozen_and_gc_pauses_are_measured(qwen_server: str) -> None:

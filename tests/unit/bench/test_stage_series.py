@@ -17,7 +17,7 @@ def test_means_and_tails_between_two_scrapes_per_stage_lane_and_gc_generation() 
     for seconds in (0.004, 0.006, 0.030, 0.120):
         metrics.stage_seconds.labels("queue_and_forward", "priority").observe(seconds)
     metrics.stage_seconds.labels("tokenize", "bulk").observe(0.002)
-    metrics.request_seconds.labels("/embed").observe(0.060)
+    metrics.request_seconds.labels("/embed", "priority").observe(0.060)
     metrics.forward_seconds.labels("bulk").observe(0.040)
     metrics.gc_pause_seconds.labels("2").observe(0.2)
     after = _scrape(metrics)
@@ -25,13 +25,13 @@ def test_means_and_tails_between_two_scrapes_per_stage_lane_and_gc_generation() 
     means = stage_means_ms(before, after)
     assert means["stage[queue_and_forward/priority]"] == 40.0  # (4 + 6 + 30 + 120) / 4, the 500 ms excluded
     assert means["stage[tokenize/bulk]"] == 2.0
-    assert means["request[/embed]"] == 60.0
+    assert means["request[/embed/priority]"] == 60.0
     assert means["gc_pause[2]"] == 200.0
 
     tails = stage_tails(before, after)
     assert tails["stage[queue_and_forward/priority]"] == {"n": 4, ">10ms": 2, ">25ms": 2, ">50ms": 1, ">100ms": 1}
     assert tails["stage[tokenize/bulk]"] == {"n": 1, ">10ms": 0, ">25ms": 0, ">50ms": 0, ">100ms": 0}
-    assert tails["forward[bulk]"][">25ms"] == 1 and tails["forward[bulk]"][">50ms"] == 0
+    assert (tails["forward[bulk]"][">25ms"], tails["forward[bulk]"][">50ms"]) == (1, 0)
     assert tails["gc_pause[2]"] == {"n": 1, ">10ms": 1, ">25ms": 1, ">50ms": 1, ">100ms": 1}
     assert "stage[queue_and_forward/bulk]" not in tails  # no observation in the window
 
