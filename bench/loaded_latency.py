@@ -3,6 +3,7 @@
     python -m bench.loaded_latency                                        # CPU, tiny random Qwen3-Embedding
     python -m bench.loaded_latency --variant "" --variant "--no-gc-freeze"  # A/B of server flags (the default)
     python -m bench.loaded_latency --device cuda:0 --shape 0.6b           # a GPU and a real shape
+    python -m bench.loaded_latency --py-spy /tmp/spy                      # + who holds the GIL (needs py-spy)
 
 Per variant (extra ``rag-serve embed`` flags) and repeat, it starts a server on a random-weight
 Qwen3-Embedding repository of ``--shape`` (:mod:`testkit.random_models`), warms it up, then runs
@@ -11,8 +12,9 @@ saturated with ``--client-batch``-text requests of a random-word corpus (token l
 ``--min-tokens..--max-tokens``) while single queries arrive at ``--rps`` for ``--seconds``. Reported per run:
 bulk tokens/s meanwhile, query p50/p90/p99/max, and from the server's ``/metrics`` of the probe window the
 garbage-collection pauses by generation and how many queries were slow in which stage (over 10/25/50/100
-ms). Variants alternate run by run, so a drift of the machine hits each alike. Prints a markdown table and
-writes JSON to ``--out``.
+ms). With ``--py-spy DIR`` each variant's first run also records which threads held the server's GIL over
+the probe window (:mod:`bench.gil_profile`). Variants alternate run by run, so a drift of the machine hits
+each alike. Prints a markdown table and writes JSON to ``--out``.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.embed_throughput import TAIL_THRESHOLDS_MS, bulk_load, loaded_probe, make_corpus, wait_accelerated
-from bench.server_process import rag_serve
+from bench.gil_profile import record_gil, summarize_gil
+from servers.process import ServerProcess
 from testkit.qwen_tokenizer import save_qwen_tokenizer
 from testkit.random_models import save_qwen3_embedding
 
@@ -34,18 +37,32 @@ DEFAULT_VARIANTS = ("", "--no-gc-freeze")
 QUERY = "what protein causes cell growth in human tissue samples"
 
 
+#: Seconds :func:`bench.embed_throughput.loaded_probe` lets the load build up before its probe window.
+PROBE_LEAD_S = 3.0
+
+
 def run_variant(model_dir: Path, device: str, flags: str, batches: list[list[str]], args: argparse.Namespace,
-                log_path: Path) -> dict[str, Any]:
-    """One server with ``flags``: warm it, then the loaded probe."""
+                log_path: Path, spy_path: Path | None = None) -> dict[str, Any]:
+    """One server with ``flags``: warm it, then the loaded probe (with a py-spy GIL recording when
+    ``spy_path`` is given)."""
     import asyncio
 
-    with rag_serve("embed", model_dir, device=device, extra_args=flags.split(), log_path=log_path,
-                   startup_timeout_s=600) as base:
+    with ServerProcess("embed", model_dir, device=device, extra_args=flags.split(), log_path=log_path) as server:
+        base = server.base_url
         # On a GPU: measure the accelerated server, not the eager path while it compiles (and its GC).
         acceleration = wait_accelerated(base, 900)
         asyncio.run(bulk_load(base, batches[: 2 * args.concurrency], args.concurrency))
+        window = PROBE_LEAD_S + args.seconds
+        spy = record_gil(server.pid, window, spy_path) if spy_path is not None and server.pid else None
         probe = loaded_probe(base, batches, [QUERY], args.concurrency, args.rps, args.seconds)
-    return {"variant": flags or "(defaults)", "acceleration": acceleration, **probe}
+        gil: dict[str, Any] | None = None
+        if spy is not None and spy_path is not None:
+            spy.wait(timeout=window + 60)
+            gil = summarize_gil(spy_path, window) if spy_path.exists() else {"error": "py-spy wrote nothing"}
+        elif spy_path is not None:
+            gil = {"error": "py-spy is not installed"}
+    return {"variant": flags or "(defaults)", "acceleration": acceleration, **probe,
+            **({"gil": gil} if gil is not None else {})}
 
 
 def summary_row(run: dict[str, Any]) -> dict[str, Any]:
@@ -62,7 +79,25 @@ def summary_row(run: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def markdown(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+def gil_lines(runs: list[dict[str, Any]]) -> list[str]:
+    """Per recorded run: how busy the GIL was and which threads held it, with their top frames."""
+    lines: list[str] = []
+    for run in runs:
+        gil = run.get("gil")
+        if not gil:
+            continue
+        if "error" in gil:
+            lines += ["", f"GIL profile of `{run['variant']}`: {gil['error']}."]
+            continue
+        lines += ["", f"GIL held {100 * gil['gil_held_share']:.0f}% of the probe window, `{run['variant']}` "
+                      "(py-spy --gil; share of the window per thread, then its top frames):", ""]
+        for name, t in gil["threads"].items():
+            frames = ", ".join(f"{label} {100 * share:.0f}%" for label, share in t["top"][:4])
+            lines.append(f"- {name} {100 * t['share']:.1f}%: {frames}")
+    return lines
+
+
+def markdown(meta: dict[str, Any], rows: list[dict[str, Any]], runs: list[dict[str, Any]] | None = None) -> str:
     lines = [
         f"# Query latency under bulk load ({meta['device']}, shape {meta['shape']}, {meta['date']})", "",
         f"`python -m bench.loaded_latency {meta['argv']}`: {meta['concurrency']} bulk clients x {meta['client_batch']} "
@@ -77,6 +112,7 @@ def markdown(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
         slow = ", ".join(f"{k} {v}" for k, v in sorted(r["priority_stages_over_25ms"].items()))
         lines.append(f"| {r['variant']} | {r['bulk_tokens_per_s']:,} | {r['p50_ms']} / {r['p90_ms']} / {r['p99_ms']} / "
                      f"{r['max_ms']} | {r['full_gc']} ({r['full_gc_mean_ms']}) | {r['gen1_gc_mean_ms']} | {slow} |")
+    lines += gil_lines(runs or [])
     return "\n".join(lines) + "\n"
 
 
@@ -94,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--client-batch", type=int, default=32)
     p.add_argument("--rps", type=float, default=20.0)
     p.add_argument("--seconds", type=float, default=20.0)
+    p.add_argument("--py-spy", type=Path, default=None,
+                   help="directory: record who holds the server's GIL (py-spy --gil) in each variant's first run")
     p.add_argument("--out", type=Path, default=Path("bench/results/loaded_latency.json"))
     args = p.parse_args(argv)
     variants = args.variant if args.variant is not None else list(DEFAULT_VARIANTS)
@@ -111,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     for repeat in range(args.repeats):
         for i, flags in enumerate(variants):
             started = time.perf_counter()
-            run = run_variant(model_dir, args.device, flags, batches, args, work / f"server_{i}_{repeat}.log")
+            spy = args.py_spy / f"gil_variant{i}.txt" if args.py_spy is not None and repeat == 0 else None
+            run = run_variant(model_dir, args.device, flags, batches, args, work / f"server_{i}_{repeat}.log", spy)
             runs.append(run)
             print(f"[{time.strftime('%H:%M:%S')}] {run['variant']} run {repeat + 1}: "
                   f"{json.dumps(summary_row(run))} ({time.perf_counter() - started:.0f} s)", flush=True)
@@ -124,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = [summary_row(r) for r in runs]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"meta": meta, "rows": rows, "runs": runs}, indent=1))
-    table = markdown(meta, rows)
+    table = markdown(meta, rows, runs)
     args.out.with_suffix(".md").write_text(table)
     print(table)
     return 0

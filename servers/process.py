@@ -66,6 +66,11 @@ class ServerProcess:
     def base_url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
+    @property
+    def pid(self) -> int | None:
+        """The server's process id once started (profilers attach to it)."""
+        return None if self._proc is None else self._proc.pid
+
     def start(self, timeout_s: float = 600.0) -> str:
         """Start the process and wait until ``/health`` is 200; return the base URL.
 

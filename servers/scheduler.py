@@ -106,7 +106,9 @@ class _PendingRequest(Generic[R]):
         return not self.future.done()
 
 
-@dataclass
+# eq=False: items are found by identity (``ordered.index(anchor)``); the generated __eq__ compared
+# payloads (token-id tuples) field by field, ~5% of the event loop's GIL time under bulk load.
+@dataclass(eq=False)
 class _Item(Generic[P, R]):
     payload: P
     tokens: int
