@@ -4,13 +4,13 @@ A full (generation 2) collection visits every tracked object, holding the GIL, s
 server stops for it. After loading torch, transformers and a model a server holds ~0.4M such objects (more
 once graphs and compiled code are built), and one full collection of them took 0.22 s on the 2-core CI box.
 Under bulk load the objects of in-flight requests keep surviving young collections into generation 2 until
-CPython runs a full one: in a 64-client load on that box the slowest query (244-261 ms against a p50 of
-10 ms) was exactly that pause (``rag_gc_pause_seconds{generation="2"}``, 223-230 ms).
+CPython runs a full one: in a 64-client load on that box the slowest query (240-263 ms against a p50 of
+9-10 ms) was exactly that pause (``rag_gc_pause_seconds{generation="2"}``, 198-240 ms).
 
 :class:`HeapFreezer` collects once and then moves everything alive into the permanent generation
 (``gc.freeze``), which collections skip; it does it when the engine is ready and again when background
 acceleration has finished (compiled code and graphs are long-lived too). The same load then had full
-collections of 9-13 ms and a slowest query of 31-39 ms (``python -m bench.loaded_latency``,
+collections of 10-11 ms and a slowest query of 31-36 ms (``python -m bench.loaded_latency``,
 ``bench/results/loaded_latency_cpu.md``). vLLM's engine freezes its heap after start-up for the
 same reason. A server that stops unfreezes, so processes that build several apps (tests) can free them.
 """
