@@ -474,6 +474,10 @@ async def bulk_load(
     return stats, elapsed
 
 
+#: Queries :func:`query_probe` sends at once before its timed ones, to open its connections.
+PROBE_WARM_CONNECTIONS = 8
+
+
 async def query_probe(base: str, queries: Sequence[str], rps: float) -> list[float]:
     """Send one query per request at ``rps`` (open loop); return each request's latency in ms."""
     import aiohttp
@@ -489,7 +493,7 @@ async def query_probe(base: str, queries: Sequence[str], rps: float) -> list[flo
             latencies.append((time.perf_counter() - started) * 1000)
 
         # Open the connections first so the probe measures requests, not TCP handshakes.
-        await asyncio.gather(*(one(q) for q in queries[:8]))
+        await asyncio.gather(*(one(q) for q in queries[:PROBE_WARM_CONNECTIONS]))
         latencies.clear()
         tasks = []
         t0 = time.perf_counter()
@@ -635,6 +639,10 @@ def _bulk_process(base: str, batches: list[list[str]], concurrency: int, stop: A
     results.put((stats.tokens, stats.texts, stats.errors, elapsed))
 
 
+#: Seconds :func:`loaded_probe` lets the bulk load build up before its probe window starts.
+LOADED_PROBE_LEAD_S = 3.0
+
+
 def loaded_probe(base: str, batches: list[list[str]], queries: list[str], concurrency: int, rps: float,
                  seconds: float) -> dict[str, Any]:
     """Query latency while a separate process (so its response parsing never delays a probe) saturates
@@ -647,7 +655,7 @@ def loaded_probe(base: str, batches: list[list[str]], queries: list[str], concur
     child = ctx.Process(target=_bulk_process, args=(base, batches, concurrency, stop, results), daemon=True)
     child.start()
     try:
-        time.sleep(min(3.0, seconds))  # let the queue fill and the GPU saturate
+        time.sleep(min(LOADED_PROBE_LEAD_S, seconds))  # let the queue fill and the GPU saturate
         before = scrape_metrics(base)
         stages_before = scrape_stages(base)
         n = max(1, int(rps * seconds))

@@ -1,7 +1,7 @@
 """Query latency under bulk load, and where its tail goes: stages, lanes and garbage-collection pauses.
 
     python -m bench.loaded_latency                                        # CPU, tiny random Qwen3-Embedding
-    python -m bench.loaded_latency --variant "" --variant "--no-gc-freeze"  # A/B of server flags (the default)
+    python -m bench.loaded_latency --variant= --variant=--no-gc-freeze  # A/B of server flags (the default)
     python -m bench.loaded_latency --device cuda:0 --shape 0.6b           # a GPU and a real shape
     python -m bench.loaded_latency --py-spy /tmp/spy                      # + who holds the GIL (needs py-spy)
 
@@ -27,7 +27,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.embed_throughput import TAIL_THRESHOLDS_MS, bulk_load, loaded_probe, make_corpus, wait_accelerated
+from bench.embed_throughput import (
+    LOADED_PROBE_LEAD_S,
+    TAIL_THRESHOLDS_MS,
+    bulk_load,
+    loaded_probe,
+    make_corpus,
+    wait_accelerated,
+)
 from bench.gil_profile import record_gil, summarize_gil
 from servers.process import ServerProcess
 from testkit.qwen_tokenizer import save_qwen_tokenizer
@@ -35,10 +42,6 @@ from testkit.random_models import save_qwen3_embedding
 
 DEFAULT_VARIANTS = ("", "--no-gc-freeze")
 QUERY = "what protein causes cell growth in human tissue samples"
-
-
-#: Seconds :func:`bench.embed_throughput.loaded_probe` lets the load build up before its probe window.
-PROBE_LEAD_S = 3.0
 
 
 def run_variant(model_dir: Path, device: str, flags: str, batches: list[list[str]], args: argparse.Namespace,
@@ -52,7 +55,7 @@ def run_variant(model_dir: Path, device: str, flags: str, batches: list[list[str
         # On a GPU: measure the accelerated server, not the eager path while it compiles (and its GC).
         acceleration = wait_accelerated(base, 900)
         asyncio.run(bulk_load(base, batches[: 2 * args.concurrency], args.concurrency))
-        window = PROBE_LEAD_S + args.seconds
+        window = min(LOADED_PROBE_LEAD_S, args.seconds) + args.seconds
         spy = record_gil(server.pid, window, spy_path) if spy_path is not None and server.pid else None
         probe = loaded_probe(base, batches, [QUERY], args.concurrency, args.rps, args.seconds)
         gil: dict[str, Any] | None = None
@@ -121,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--shape", default="tiny", help="random-weight Qwen3-Embedding shape (testkit.random_models)")
     p.add_argument("--variant", action="append", default=None,
-                   help='extra rag-serve flags of one server, e.g. "--no-gc-freeze" ("" = defaults; repeatable)')
+                   help="extra rag-serve flags of one server, written --variant='--no-gc-freeze --bulk-workers 2' "
+                        "(--variant= : the defaults; repeatable)")
     p.add_argument("--repeats", type=int, default=2, help="runs per variant, alternating")
     p.add_argument("--corpus-size", type=int, default=4000)
     p.add_argument("--min-tokens", type=int, default=16)
