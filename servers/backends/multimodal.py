@@ -51,13 +51,14 @@ class PreparedInput:
     """One input ready for the model.
 
     Attributes:
-        ids: Token ids, image pads already expanded to the image's token count.
+        ids: Token ids, image pads already expanded to the image's token count; a tuple for the garbage
+            collector's sake (see :class:`~servers.backends.text_embedding.TokenizedText`).
         pixel_values: float32 (patches, channels * temporal_patch * patch * patch), or None without image.
         grid_thw: The image's (t, h, w) patch grid, or None.
         original_length: Tokens before the text was truncated.
     """
 
-    ids: list[int]
+    ids: tuple[int, ...]
     pixel_values: np.ndarray | None
     grid_thw: tuple[int, int, int] | None
     original_length: int
@@ -295,7 +296,7 @@ class QwenVLEmbedder:
                 head = [*head[:at], *([self.image_token_id] * n_image), *head[at + 1 :]]
             tail = tok(self.recipe.suffix(), add_special_tokens=False)["input_ids"]
             ids = [*head, *text_ids[:keep], *tail]
-        return PreparedInput(ids=ids, pixel_values=pixel_values, grid_thw=grid, original_length=original)
+        return PreparedInput(ids=tuple(ids), pixel_values=pixel_values, grid_thw=grid, original_length=original)
 
     # --------------------------------------------------------------------------------------------- forward
     def forward(self, batch: list[PreparedInput], lane: str) -> np.ndarray:

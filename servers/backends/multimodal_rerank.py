@@ -90,13 +90,14 @@ class PreparedPair:
     """One formatted pair ready for the model.
 
     Attributes:
-        ids: Token ids, image pads expanded.
+        ids: Token ids, image pads expanded; a tuple for the garbage collector's sake (see
+            :class:`~servers.backends.text_embedding.TokenizedText`).
         pixel_values: The pair's images in sequence order (query image first).
         grids: Their patch grids, same order.
         original_length: Tokens before the texts were truncated.
     """
 
-    ids: list[int]
+    ids: tuple[int, ...]
     pixel_values: tuple[np.ndarray, ...]
     grids: tuple[tuple[int, int, int], ...]
     original_length: int
@@ -232,7 +233,7 @@ class QwenVLPairScorer:
         if original > self.max_length:
             ids = self._truncated(query, doc, instruction, original, truncate)
         return PreparedPair(
-            ids=ids, pixel_values=tuple(im.pixel_values for im in images),
+            ids=tuple(ids), pixel_values=tuple(im.pixel_values for im in images),
             grids=tuple(im.grid_thw for im in images), original_length=original,
         )
 

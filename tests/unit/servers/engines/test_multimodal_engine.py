@@ -79,7 +79,7 @@ def test_long_text_is_cut_at_its_end_keeping_template_and_image(engine_model: Pa
             head = [*head[:at], *[backend.image_token_id] * p.ids.count(backend.image_token_id), *head[at + 1:]]
         tail = tok(recipe.suffix(), add_special_tokens=False)["input_ids"]
         keep = 64 - len(head) - len(tail)
-        assert p.ids == [*head, *text_ids[:keep], *tail]
+        assert p.ids == (*head, *text_ids[:keep], *tail)
         assert p.truncated
         assert p.original_length == len(head) + len(text_ids) + len(tail)
     with pytest.raises(RequestTooLargeError, match="truncate=true"):
