@@ -25,8 +25,8 @@ reorders, so Recall@100 cannot change.
     python -m bench.fusion_scifact --data ../shared/data/scifact --base-url http://127.0.0.1:8001 \
         --rerank-url http://127.0.0.1:8002
 
-The functions (:func:`load_subset`, :func:`fusion_rows`, :func:`markdown_table`, :func:`plot_rows`,
-:func:`recorded_results`) also drive ``notebooks/02_fusion_ablation.ipynb`` on a small subset.
+The functions (:func:`load_subset`, :func:`fusion_rows`, :func:`markdown_table`, :func:`plot_rows`) also
+drive ``notebooks/02_fusion_ablation.ipynb`` on a small subset read the same way.
 
 The data is read in place (``--data`` inside the repository is refused) and nothing derived from it is kept
 on disk: the corpus is embedded on every run. Writes metrics only to ``bench/results/fusion_scifact.json``
@@ -311,12 +311,6 @@ def plot_rows(rows: Sequence[dict[str, Any]], title: str = "") -> Any:
         fig.suptitle(title)
     fig.tight_layout()
     return fig
-
-
-def recorded_results(path: Path = RESULTS_DIR / "fusion_scifact.json") -> dict[str, Any]:
-    """The committed full run (``documents``, ``queries``, ``config``, ``results`` rows)."""
-    report: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
-    return report
 
 
 def store_runs(vecs: dict[str, np.ndarray], doc_ids: list[str], qids: list[str], workdir: Path,
