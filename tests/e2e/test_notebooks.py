@@ -98,4 +98,5 @@ def test_fusion_ablation_notebook_produces_table_and_plot() -> None:
         assert len(values) == 4
         assert all(0.0 <= v <= 1.0 for v in values)
     pngs = [o for o in outs if "image/png" in o.get("data", {})]
-    assert len(pngs) >= 3  # the SciFact plot, the sample strip and the ablation plot
+    # The sample strip and the ablation plot, and the SciFact plot when SciFact was read.
+    assert len(pngs) >= (3 if data_folder().is_dir() else 2)
