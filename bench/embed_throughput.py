@@ -346,7 +346,7 @@ def parse_stage_series(text: str) -> dict[str, float]:
         m = _SAMPLE.match(line)
         if not m:
             continue
-        name, suffix = m.group(1).rpartition("_")[0], m.group(1).rpartition("_")[2]
+        name, _, suffix = m.group(1).rpartition("_")
         if name not in _STAGE_SERIES or suffix not in ("sum", "count", "bucket"):
             continue
         labels = dict(_LABEL.findall(m.group(2)))

@@ -59,11 +59,12 @@ def run_variant(model_dir: Path, device: str, flags: str, batches: list[list[str
         spy = record_gil(server.pid, window, spy_path) if spy_path is not None and server.pid else None
         probe = loaded_probe(base, batches, [QUERY], args.concurrency, args.rps, args.seconds)
         gil: dict[str, Any] | None = None
-        if spy is not None and spy_path is not None:
-            spy.wait(timeout=window + 60)
-            gil = summarize_gil(spy_path, window) if spy_path.exists() else {"error": "py-spy wrote nothing"}
-        elif spy_path is not None:
-            gil = {"error": "py-spy is not installed"}
+        if spy_path is not None:
+            if spy is None:
+                gil = {"error": "py-spy is not installed"}
+            else:
+                spy.wait(timeout=window + 60)
+                gil = summarize_gil(spy_path, window) if spy_path.exists() else {"error": "py-spy wrote nothing"}
     return {"variant": flags or "(defaults)", "acceleration": acceleration, **probe,
             **({"gil": gil} if gil is not None else {})}
 

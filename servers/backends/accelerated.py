@@ -338,7 +338,7 @@ class LastTokenDecoder:
                 if self.compile_enabled and not self._stopping.is_set():
                     self._compile()
             for key in ("graphs", "compiled_graphs", "compile"):
-                if self._stopping.is_set() and self._stats.get(key) in ("pending", "capturing", "compiling"):
+                if self._stopping.is_set() and self._stats.get(key) in BUSY_STATES:
                     self._stats[key] = "stopped"
         except Exception:  # never take the server down: it keeps serving eager
             logger.exception("%s: acceleration failed; serving eager", self.name)
