@@ -49,6 +49,10 @@ R = TypeVar("R")
 #: How many queued items a worker looks at when it picks a batch: enough to find same-length neighbours,
 #: few enough that choosing stays well under a millisecond.
 CANDIDATE_WINDOW_PER_BATCH_SLOT = 8
+#: Batches a pipelined worker keeps handed to its model thread: the one being launched and one queued behind
+#: it, so the model thread goes from one launch straight to the next without a round trip through the
+#: event loop (which, under HTTP load, can take longer than the little work the GPU has left queued).
+PIPELINE_DEPTH = 2
 
 
 @dataclass(frozen=True)
@@ -118,12 +122,12 @@ class _Item(Generic[P, R]):
 
 
 @dataclass
-class _Launched(Generic[P, R]):
-    """A bulk batch whose work is queued on the device; ``collect()`` waits for its results."""
+class _Launch(Generic[P, R]):
+    """A bulk batch handed to the model thread; ``launched`` resolves to ``(started, collect)`` once its work
+    is queued on the device (``started``: when the model thread began it; ``collect()`` waits for results)."""
 
     batch: list[_Item[P, R]]
-    collect: Callable[[], Sequence[R]]
-    started: float
+    launched: asyncio.Future[tuple[float, Callable[[], Sequence[R]]]]
 
 
 @dataclass
@@ -132,6 +136,8 @@ class _LaneState(Generic[P, R]):
     queue: deque[_Item[P, R]] = field(default_factory=deque)
     wakeup: asyncio.Event = field(default_factory=asyncio.Event)
     executor: ThreadPoolExecutor | None = None
+    #: Waits for pipelined batches' results, so the model thread never waits for them.
+    collector: ThreadPoolExecutor | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
 
@@ -166,10 +172,11 @@ class TokenBudgetScheduler(Generic[P, R]):
         """Let the bulk lane keep one batch in flight while it launches the next.
 
         ``launch_batch(payloads, lane)`` queues a batch's work on the accelerator and returns a function
-        that waits for and returns its results. The bulk worker launches batch k+1 before it collects batch
-        k, so the device never idles while the host picks, pads and launches the next batch. Only worth it
-        on an asynchronous device (CUDA); on CPU it would only delay answers by one batch. The priority
-        lane never pipelines: it answers as soon as its batch is done.
+        that waits for and returns its results. The bulk worker keeps the next batch queued in the model
+        thread behind the one it is launching (:data:`PIPELINE_DEPTH`), and collects results in a thread of
+        their own, so the device never idles while the host delivers one batch and picks, pads and launches
+        the next. Only worth it on an asynchronous device (CUDA); on CPU it would only delay answers. The
+        priority lane never pipelines: it answers as soon as its batch is done.
         """
         self._launch_batch = launch_batch
 
@@ -182,8 +189,15 @@ class TokenBudgetScheduler(Generic[P, R]):
             workers = max(1, self.limits.bulk_workers) if lane == "bulk" else 1
             state: _LaneState[P, R] = _LaneState(name=lane)
             state.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"model-{lane}")
+            launch = self._launch_batch if lane == "bulk" else None
+            if launch is not None:
+                state.collector = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"collect-{lane}")
             state.tasks = [
-                asyncio.create_task(self._worker(state), name=f"scheduler-{lane}-{i}") for i in range(workers)
+                asyncio.create_task(
+                    self._worker(state) if launch is None else self._pipelined_worker(state, launch),
+                    name=f"scheduler-{lane}-{i}",
+                )
+                for i in range(workers)
             ]
             self._lanes[lane] = state
 
@@ -201,8 +215,9 @@ class TokenBudgetScheduler(Generic[P, R]):
                 if item.request.live:
                     item.request.future.set_exception(ServingError("server is shutting down"))
             state.queue.clear()
-            if state.executor is not None:
-                state.executor.shutdown(wait=True)
+            for executor in (state.executor, state.collector):
+                if executor is not None:
+                    executor.shutdown(wait=True)
         self._lanes.clear()
         self._queued_items = 0
 
@@ -263,74 +278,86 @@ class TokenBudgetScheduler(Generic[P, R]):
 
     # --------------------------------------------------------------------------------------------- worker
     async def _worker(self, state: _LaneState[P, R]) -> None:
+        """One batch at a time: take, run in the model thread, deliver."""
         loop = asyncio.get_running_loop()
-        launch = self._launch_batch if state.name == "bulk" else None
-        in_flight: _Launched[P, R] | None = None
-        try:
-            while self._running:
-                if not state.queue:
-                    if in_flight is not None:
-                        await self._collect(state, in_flight, loop)
-                        in_flight = None
-                        continue
-                    state.wakeup.clear()
-                    await state.wakeup.wait()
-                    continue
-                if (state.name == "bulk" and in_flight is None and not self._batch_is_full(state)
-                        and self.limits.max_wait_ms > 0):
-                    # Give concurrent requests a moment to join a part-full bulk batch. The priority lane
-                    # never waits: a query's latency is the point, and graphed small batches cost little.
-                    state.wakeup.clear()
-                    try:
-                        await asyncio.wait_for(state.wakeup.wait(), timeout=self.limits.max_wait_ms / 1000)
-                    except asyncio.TimeoutError:
-                        pass
+        while self._running:
+            if not state.queue:
+                state.wakeup.clear()
+                await state.wakeup.wait()
+                continue
+            if state.name == "bulk" and not self._batch_is_full(state) and self.limits.max_wait_ms > 0:
+                # Give concurrent requests a moment to join a part-full bulk batch. The priority lane never
+                # waits: a query's latency is the point, and graphed small batches cost little.
+                await self._wait_for_more(state)
+            batch = self._take_batch(state)
+            if batch:
+                await self._run(state, batch, loop)
+
+    async def _pipelined_worker(
+        self, state: _LaneState[P, R], launch: Callable[[list[P], Lane], Callable[[], Sequence[R]]]
+    ) -> None:
+        """Keep the model thread fed with launches; collect and deliver results beside it.
+
+        Up to :data:`PIPELINE_DEPTH` batches are handed to the model thread at once. When the oldest one's
+        launch returns (its work is queued on the device), the model thread is already launching the next,
+        and the worker hands it one more before it waits (in the collector thread) for the oldest's results.
+        """
+        loop = asyncio.get_running_loop()
+        launches: deque[_Launch[P, R]] = deque()
+
+        def timed_launch(payloads: list[P]) -> tuple[float, Callable[[], Sequence[R]]]:
+            started = time.perf_counter()
+            return started, launch(payloads, state.name)
+
+        async def top_up(device_idle: bool) -> None:
+            while len(launches) < PIPELINE_DEPTH and state.queue and self._running:
+                if device_idle and not launches and not self._batch_is_full(state) and self.limits.max_wait_ms > 0:
+                    await self._wait_for_more(state)  # costs nothing while the device has no work anyway
                 batch = self._take_batch(state)
                 if not batch:
+                    return
+                future = loop.run_in_executor(state.executor, timed_launch, [it.payload for it in batch])
+                launches.append(_Launch(batch, future))
+
+        try:
+            while self._running:
+                await top_up(device_idle=True)
+                if not launches:
+                    if not state.queue:
+                        state.wakeup.clear()
+                        await state.wakeup.wait()
                     continue
-                if launch is None:
-                    await self._run(state, batch, loop)
+                head = launches.popleft()
+                try:
+                    started, collect = await head.launched
+                except Exception as exc:
+                    logger.warning("launching a batch of %d failed (%s); running it synchronously",
+                                   len(head.batch), type(exc).__name__)
+                    await self._run(state, head.batch, loop)
                     continue
-                launched = await self._launch(state, batch, launch, loop)
-                if in_flight is not None:
-                    await self._collect(state, in_flight, loop)
-                in_flight = launched
+                # The model thread has moved on to the next launch: queue one more behind it first.
+                await top_up(device_idle=False)
+                try:
+                    results = await loop.run_in_executor(state.collector, collect)
+                except Exception as exc:
+                    logger.warning("a pipelined batch of %d failed (%s); re-running it synchronously",
+                                   len(head.batch), type(exc).__name__)
+                    await self._run(state, head.batch, loop)
+                    continue
+                self._deliver(state, head.batch, results, time.perf_counter() - started)
         finally:
-            if in_flight is not None:
-                for item in in_flight.batch:
+            for pending in launches:
+                for item in pending.batch:
                     if item.request.live:
                         item.request.future.set_exception(ServingError("server is shutting down"))
 
-    async def _launch(
-        self,
-        state: _LaneState[P, R],
-        batch: list[_Item[P, R]],
-        launch: Callable[[list[P], Lane], Callable[[], Sequence[R]]],
-        loop: asyncio.AbstractEventLoop,
-    ) -> _Launched[P, R] | None:
-        started = time.perf_counter()
+    async def _wait_for_more(self, state: _LaneState[P, R]) -> None:
+        """Wait up to ``max_wait_ms`` for another request to join a part-full batch."""
+        state.wakeup.clear()
         try:
-            collect = await loop.run_in_executor(state.executor, launch, [it.payload for it in batch], state.name)
-        except Exception as exc:
-            logger.warning("launching a batch of %d failed (%s); running it synchronously", len(batch),
-                           type(exc).__name__)
-            await self._run(state, batch, loop)
-            return None
-        return _Launched(batch, collect, started)
-
-    async def _collect(
-        self, state: _LaneState[P, R], launched: _Launched[P, R] | None, loop: asyncio.AbstractEventLoop
-    ) -> None:
-        if launched is None:
-            return
-        try:
-            results = await loop.run_in_executor(state.executor, launched.collect)
-        except Exception as exc:
-            logger.warning("a pipelined batch of %d failed (%s); re-running it synchronously",
-                           len(launched.batch), type(exc).__name__)
-            await self._run(state, launched.batch, loop)
-            return
-        self._deliver(state, launched.batch, results, time.perf_counter() - launched.started)
+            await asyncio.wait_for(state.wakeup.wait(), timeout=self.limits.max_wait_ms / 1000)
+        except asyncio.TimeoutError:
+            pass
 
     def _batch_is_full(self, state: _LaneState[P, R]) -> bool:
         if len(state.queue) >= self.limits.max_batch_size:

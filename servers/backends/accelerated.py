@@ -158,6 +158,31 @@ class _LayerForward:
         return self.eager(*args, **kwargs)
 
 
+@torch.inference_mode()
+def mask_free_kwargs(decoder: Any, device: torch.device, pad_id: int) -> dict[str, Any]:
+    """Keyword arguments that let ``decoder`` skip building an attention mask, or ``{}`` where it cannot.
+
+    Our inputs are right-padded and unmasked, so the mask transformers builds for them is always None (SDPA
+    then runs with ``is_causal``). Building it is not free: with no mask and no cache, ``create_causal_mask``
+    looks for packed sequences in the position ids and ends in a Python ``if`` on a device tensor, which
+    synchronises the device in every eager forward, so a bulk thread could not queue batch k+1's layers
+    until batch k had finished. Decoders that accept a precomputed mask mapping (one None per layer type:
+    Qwen3, Qwen2-VL's language model, ...) get one. One tiny forward each way decides: an error or any
+    difference in the output keeps the default.
+    """
+    layer_types = getattr(getattr(decoder, "config", None), "layer_types", None)
+    if not layer_types or set(layer_types) != {"full_attention"}:
+        return {}  # a sliding-window layer needs its mask: None would make it attend to everything
+    kwargs = {"attention_mask": dict.fromkeys(layer_types)}
+    ids = torch.full((1, 3), pad_id, dtype=torch.long, device=device)
+    try:
+        default = decoder(input_ids=ids, use_cache=False).last_hidden_state
+        mapped = decoder(input_ids=ids, use_cache=False, **kwargs).last_hidden_state
+    except Exception:  # this decoder builds its mask itself (e.g. Qwen3-VL's text model)
+        return {}
+    return kwargs if torch.equal(default, mapped) else {}
+
+
 def right_padded(batch: Sequence[Sequence[int]], pad_id: int, rows: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``batch`` right-padded into a (rows, length) int64 CPU tensor and each row's last real index (rows,).
 
@@ -241,6 +266,7 @@ class LastTokenDecoder:
             (k for k in acceleration.compiled_graph_buckets if k[1] <= max_length),
             key=lambda k: (k[0] * k[1], k),
         ) if self.graphs_enabled and self.compile_enabled else []
+        self._mask_free = mask_free_kwargs(decoder, placement.device, pad_id)
         self._graphs: dict[tuple[int, int], _GraphBucket] = {}
         self._compiled_graphs: dict[tuple[int, int], _GraphBucket] = {}
         self._graph_lock = threading.Lock()  # a priority forward and a capture never overlap
@@ -260,7 +286,7 @@ class LastTokenDecoder:
     # ------------------------------------------------------------------------------------------- forward
     def _pooled(self, ids: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
         """The eager forward: (rows, length) ids and (rows,) last indices -> (rows, out) float32."""
-        hidden = self.decoder(input_ids=ids, use_cache=False).last_hidden_state
+        hidden = self.decoder(input_ids=ids, use_cache=False, **self._mask_free).last_hidden_state
         rows = torch.arange(ids.shape[0], device=ids.device)
         pooled = hidden[rows, last]
         out = self.head(pooled) if self.head is not None else pooled
@@ -480,7 +506,7 @@ class LastTokenDecoder:
             "cuda_graphs_setting": self.acceleration.cuda_graphs, "compile_setting": self.acceleration.compile,
             "graph_buckets_planned": len(self._buckets),
             "compiled_graph_buckets_planned": [f"{b}x{n}" for b, n in self._compiled_keys], **self._stats,
-            "priority_paths": dict(self.priority_paths),
+            "priority_paths": dict(self.priority_paths), "mask_free": bool(self._mask_free),
             **({"compiled_layer_fallbacks": failures} if self._compiled_layers else {}),
         }
 

@@ -340,6 +340,80 @@ async def test_pipelined_bulk_lane_launches_next_batch_before_collecting_and_kee
     assert launches[1] < collects[0]
 
 
+async def test_pipelined_model_thread_goes_from_launch_to_launch_while_results_are_collected_elsewhere() -> None:
+    """Batch 1's results are only ready once batch 3 is being launched (a device still busy): the worker must
+    have queued launches 2 and 3 in the model thread and collect batch 1 in another thread (a worker that
+    collected in the model thread, or picked batch 3 only after delivering batch 1, would never finish)."""
+    third_launch_started = threading.Event()
+    launch_threads: set[int] = set()
+    collect_threads: set[int] = set()
+
+    def run_batch(payloads: list[int], lane: str) -> list[int]:
+        return [p * 10 for p in payloads]
+
+    def launch(payloads: list[int], lane: str):  # type: ignore[no-untyped-def]
+        launch_threads.add(threading.get_ident())
+        if payloads[0] == 5:
+            third_launch_started.set()
+
+        def collect() -> list[int]:
+            collect_threads.add(threading.get_ident())
+            if payloads[0] == 1:
+                assert third_launch_started.wait(WAIT_S), "batch 3 was not launched while batch 1 was in flight"
+            return [p * 10 for p in payloads]
+
+        return collect
+
+    scheduler: TokenBudgetScheduler[int, int] = TokenBudgetScheduler(
+        run_batch, BatchLimits(max_batch_tokens=4, max_batch_size=2, max_wait_ms=0)
+    )
+    scheduler.enable_pipelining(launch)
+    await scheduler.start()
+    try:
+        results = await asyncio.wait_for(
+            scheduler.submit([1, 2, 3, 4, 5, 6], [1, 1, 1, 1, 1, 1], priority=False), WAIT_S
+        )
+    finally:
+        await scheduler.stop()
+    assert results == [10, 20, 30, 40, 50, 60]
+    assert len(launch_threads) == 1
+    assert len(collect_threads) == 1
+    assert launch_threads.isdisjoint(collect_threads)
+
+
+@pytest.mark.parametrize("stage", ["launch", "collect"])
+async def test_a_pipelined_batch_that_fails_is_run_again_synchronously(stage: str) -> None:
+    """A failed launch or collect is retried through ``run_batch``: every item is still answered."""
+    ran: list[list[int]] = []
+
+    def run_batch(payloads: list[int], lane: str) -> list[int]:
+        ran.append(list(payloads))
+        return [p * 10 for p in payloads]
+
+    def launch(payloads: list[int], lane: str):  # type: ignore[no-untyped-def]
+        if stage == "launch" and 3 in payloads:
+            raise RuntimeError("launch failed")
+
+        def collect() -> list[int]:
+            if stage == "collect" and 3 in payloads:
+                raise RuntimeError("device failed")
+            return [p * 10 for p in payloads]
+
+        return collect
+
+    scheduler: TokenBudgetScheduler[int, int] = TokenBudgetScheduler(
+        run_batch, BatchLimits(max_batch_tokens=4, max_batch_size=2, max_wait_ms=0)
+    )
+    scheduler.enable_pipelining(launch)
+    await scheduler.start()
+    try:
+        results = await asyncio.wait_for(scheduler.submit([1, 2, 3, 4, 5, 6], [1] * 6, priority=False), WAIT_S)
+    finally:
+        await scheduler.stop()
+    assert results == [10, 20, 30, 40, 50, 60]
+    assert ran == [[3, 4]]
+
+
 async def test_priority_lane_is_never_pipelined() -> None:
     from servers.scheduler import BatchLimits, TokenBudgetScheduler
 

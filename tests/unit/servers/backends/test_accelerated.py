@@ -17,6 +17,7 @@ from servers.backends.accelerated import (
     acceleration_settled,
     decoder_layers,
     graph_buckets,
+    mask_free_kwargs,
     right_padded,
 )
 from servers.backends.device import choose_placement
@@ -78,6 +79,44 @@ def test_decoder_on_cpu_is_eager_and_equals_the_unpadded_forward() -> None:
             torch.testing.assert_close(pooled[row], alone, atol=1e-5, rtol=1e-5)
         decoder.run(batch[:1], "priority")
     assert decoder.info()["priority_paths"] == {"compiled_graph": 0, "graph": 0, "eager": 1}
+
+
+def test_decoder_skips_mask_building_where_the_model_takes_a_mask_mapping(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No packed-sequence search (a device sync per forward on CUDA) and the same hidden states, bit for bit."""
+    import transformers.masking_utils as masking
+
+    model = random_qwen3_causal_lm("tiny").model.eval()
+    placement = choose_placement("cpu", "float32", "sdpa")
+    decoder = LastTokenDecoder(model, placement, 151643, None, AccelerationSettings(), 512)
+    assert decoder.info()["mask_free"] is True
+    searches: list[int] = []
+    search = masking.find_packed_sequence_indices
+    monkeypatch.setattr(masking, "find_packed_sequence_indices", lambda *a, **k: searches.append(1) or search(*a, **k))
+    rng = np.random.default_rng(1)
+    batch = [rng.integers(0, 150000, size=n).tolist() for n in (5, 12)]
+    ids, last = right_padded(batch, 151643, 2, 12)
+    with torch.inference_mode():
+        pooled = decoder.run(batch, "bulk")
+        assert searches == []  # the decoder's own forward never searched
+        built = model(input_ids=ids, use_cache=False).last_hidden_state[torch.arange(2), last]
+    assert searches == [1]  # the default call does: the probe above is live
+    assert torch.equal(pooled, built)
+
+
+def test_mask_mapping_is_refused_for_sliding_window_layers_and_for_models_that_build_their_own() -> None:
+    model = random_qwen3_causal_lm("tiny").model.eval()
+    model.config.layer_types = ["sliding_attention", "full_attention"]
+    assert mask_free_kwargs(model, torch.device("cpu"), 0) == {}
+
+    class OwnMask(torch.nn.Module):
+        config = type("Config", (), {"layer_types": ["full_attention"]})()
+
+        def forward(self, input_ids: torch.Tensor, use_cache: bool, attention_mask: object = None) -> object:
+            if attention_mask is not None:
+                raise AttributeError("'dict' object has no attribute 'ndim'")
+            return type("Out", (), {"last_hidden_state": input_ids.float()})()
+
+    assert mask_free_kwargs(OwnMask(), torch.device("cpu"), 0) == {}
 
 
 def test_acceleration_settings_come_from_the_server_settings(tmp_path: Path) -> None:

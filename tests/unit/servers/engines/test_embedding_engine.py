@@ -50,3 +50,23 @@ async def test_stopping_the_engine_stops_the_background_acceleration(tiny_qwen3_
         assert decoder is not None
         assert not decoder._stopping.is_set()
     assert decoder._stopping.is_set()  # a capture or compile still running ends at its next step
+
+
+async def test_the_pipelined_bulk_lane_gives_the_vectors_of_the_plain_one(tiny_qwen3_embedding: Path) -> None:
+    """The CUDA bulk path (launch queued ahead in the model thread, results collected in another) through the
+    real backend, forced on here: many small batches of concurrent requests, every vector in its place."""
+    import asyncio
+
+    texts = [f"{TEXTS[i % len(TEXTS)]} {i}" for i in range(48)]
+    requests = [texts[i : i + 6] for i in range(0, len(texts), 6)]
+
+    async def run(pipelined: bool) -> np.ndarray:
+        engine = _engine(tiny_qwen3_embedding, max_batch_tokens=128, max_length=128, max_batch_size=4,
+                         priority_max_items=0, warmup=False)
+        engine._pipelines = lambda: pipelined  # type: ignore[method-assign]
+        async with engine:
+            assert (engine.scheduler._launch_batch is not None) is pipelined
+            results = await asyncio.gather(*(engine.embed(r) for r in requests))
+        return np.concatenate([r.vectors for r in results])
+
+    np.testing.assert_allclose(await run(True), await run(False), atol=1e-6)
