@@ -51,6 +51,7 @@ from typing import Any
 
 import numpy as np
 
+from bench.gpu_utilization import GpuUtilizationSampler
 from bench.server_process import get_json, rag_serve
 from servers.backends.accelerated import acceleration_settled
 from testkit.qwen_tokenizer import save_qwen_tokenizer
@@ -530,6 +531,14 @@ def scrape_metrics(base: str) -> dict[str, float]:
     return out
 
 
+def utilization_note(summary: dict[str, Any] | None) -> str:
+    """``; GPU busy ...`` for a table cell, or nothing when no utilization was sampled."""
+    if not summary:
+        return ""
+    return (f"; GPU utilization mean {summary['mean_percent']:.0f}%, p10 {summary['p10_percent']:.0f}% "
+            f"({summary['samples']} samples)")
+
+
 def metrics_delta(before: dict[str, float], after: dict[str, float], wall_s: float) -> dict[str, Any]:
     def d(key: str) -> float:
         return after.get(key, 0.0) - before.get(key, 0.0)
@@ -581,7 +590,8 @@ def bench_server(model_dir: Path, cfg: Config, corpus: list[str], lengths: np.nd
         log(f"idle query latency: {result['idle_query']}")
         if "b" in parts:
             before = scrape_metrics(base)
-            stats, elapsed = asyncio.run(bulk_load(base, batches, cfg.concurrency))
+            with GpuUtilizationSampler.for_device(cfg.device) as gpu:
+                stats, elapsed = asyncio.run(bulk_load(base, batches, cfg.concurrency))
             after = scrape_metrics(base)
             expected = int(lengths.sum())
             result["e2e"] = {
@@ -589,12 +599,13 @@ def bench_server(model_dir: Path, cfg: Config, corpus: list[str], lengths: np.nd
                 "tokens_expected": expected, "seconds": elapsed, "tokens_per_s": stats.tokens / elapsed,
                 "texts_per_s": stats.texts / elapsed, "retried_429": stats.retried,
                 "server_batches": metrics_delta(before, after, elapsed),
+                "gpu_utilization": gpu.summary(),
             }
             log(f"server e2e: {stats.tokens / elapsed:,.0f} tokens/s ({stats.texts} texts in {elapsed:.1f}s); "
                 f"batches {json.dumps(result['e2e']['server_batches'].get('bulk', {}))}")
         if "d" in parts:
             result["loaded_query"] = loaded_probe(base, batches, query_texts, cfg.concurrency, cfg.query_rps,
-                                                  cfg.query_seconds)
+                                                  cfg.query_seconds, device=cfg.device)
             log(f"query latency under load: {result['loaded_query']}")
     return result
 
@@ -644,10 +655,11 @@ LOADED_PROBE_LEAD_S = 3.0
 
 
 def loaded_probe(base: str, batches: list[list[str]], queries: list[str], concurrency: int, rps: float,
-                 seconds: float) -> dict[str, Any]:
+                 seconds: float, device: str = "cpu") -> dict[str, Any]:
     """Query latency while a separate process (so its response parsing never delays a probe) saturates
     the server: ``concurrency`` clients send ``batches`` round and round, one query of ``queries`` every
-    ``1 / rps`` s for ``seconds``. Also the per-stage means and tails (:func:`stage_tails`) of that window."""
+    ``1 / rps`` s for ``seconds``. Also the per-stage means and tails (:func:`stage_tails`) of that window,
+    and on a GPU ``device`` its utilization over the window."""
     import multiprocessing as mp
 
     ctx = mp.get_context("fork")
@@ -660,7 +672,8 @@ def loaded_probe(base: str, batches: list[list[str]], queries: list[str], concur
         stages_before = scrape_stages(base)
         n = max(1, int(rps * seconds))
         started = time.perf_counter()
-        latencies = asyncio.run(query_probe(base, [queries[i % len(queries)] for i in range(n)], rps))
+        with GpuUtilizationSampler.for_device(device) as gpu:
+            latencies = asyncio.run(query_probe(base, [queries[i % len(queries)] for i in range(n)], rps))
         probe_s = time.perf_counter() - started
         after = scrape_metrics(base)
         stages_after = scrape_stages(base)
@@ -674,7 +687,8 @@ def loaded_probe(base: str, batches: list[list[str]], queries: list[str], concur
                 "server_batches_during_probe": metrics_delta(before, after, probe_s),
                 # Where a loaded query's time goes (priority-lane stages), beside the bulk lane's.
                 "stages_ms": stage_means_ms(stages_before, stages_after),
-                "stage_tails": stage_tails(stages_before, stages_after)})
+                "stage_tails": stage_tails(stages_before, stages_after),
+                "gpu_utilization": gpu.summary()})
     return out
 
 
@@ -982,7 +996,7 @@ def markdown(results: dict[str, Any]) -> str:
                 f"texts, base64 | {e2e['tokens_per_s']:,.0f} | {e2e['texts_per_s']:,.0f} texts/s; "
                 f"{b.get('batches', 0)} batches of {b.get('mean_items', 0):.0f} items / {b.get('mean_padded_tokens', 0):.0f} "
                 f"padded tokens, padding {100 * b.get('padding_share', 0):.1f}%, forward busy "
-                f"{100 * b.get('forward_busy_share', 0):.0f}% |")
+                f"{100 * b.get('forward_busy_share', 0):.0f}%{utilization_note(e2e.get('gpu_utilization'))} |")
         for v in r.get("server_variants", []) if isinstance(r.get("server_variants"), list) else []:
             ve = v.get("e2e")
             if ve:
@@ -1006,7 +1020,7 @@ def markdown(results: dict[str, Any]) -> str:
             q = srv.get(key)
             if q and "p50_ms" in q:
                 extra = (f"; bulk {q['bulk_tokens_per_s_during_probe']:,.0f} tokens/s meanwhile"
-                         if "bulk_tokens_per_s_during_probe" in q else "")
+                         if "bulk_tokens_per_s_during_probe" in q else "") + utilization_note(q.get("gpu_utilization"))
                 lines.append(f"| {shape} | (d) 1 query x {meta['query_tokens']} tokens at {meta['query_rps']:.0f} RPS, "
                              f"{label} | | p50 {q['p50_ms']:.1f} ms, p99 {q['p99_ms']:.1f} ms, max {q['max_ms']:.1f} ms "
                              f"(n={q['count']}){extra} |")

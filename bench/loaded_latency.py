@@ -57,7 +57,7 @@ def run_variant(model_dir: Path, device: str, flags: str, batches: list[list[str
         asyncio.run(bulk_load(base, batches[: 2 * args.concurrency], args.concurrency))
         window = min(LOADED_PROBE_LEAD_S, args.seconds) + args.seconds
         spy = record_gil(server.pid, window, spy_path) if spy_path is not None and server.pid else None
-        probe = loaded_probe(base, batches, [QUERY], args.concurrency, args.rps, args.seconds)
+        probe = loaded_probe(base, batches, [QUERY], args.concurrency, args.rps, args.seconds, device=args.device)
         gil: dict[str, Any] | None = None
         if spy_path is not None:
             if spy is None:
@@ -80,6 +80,7 @@ def summary_row(run: dict[str, Any]) -> dict[str, Any]:
         "p50_ms": round(run["p50_ms"], 1), "p90_ms": round(run["p90_ms"], 1), "p99_ms": round(run["p99_ms"], 1),
         "max_ms": round(run["max_ms"], 1), "full_gc": full.get("n", 0), "full_gc_mean_ms": means.get("gc_pause[2]"),
         "gen1_gc_mean_ms": means.get("gc_pause[1]"), "priority_stages_over_25ms": slow,
+        "gpu_utilization": run.get("gpu_utilization"),
     }
 
 
@@ -109,13 +110,16 @@ def markdown(meta: dict[str, Any], rows: list[dict[str, Any]], runs: list[dict[s
         f"{meta['seconds']:.0f} s; GC pauses and slow stages from the server's /metrics of the probe window "
         f"(thresholds {', '.join(str(t) for t in TAIL_THRESHOLDS_MS)} ms).", "",
         "| variant | bulk tokens/s | query p50 / p90 / p99 / max ms | full GCs (mean ms) | gen-1 GC mean ms "
-        "| queries slower than 25 ms, by stage (server side) |",
-        "|---|---:|---|---|---:|---|",
+        "| queries slower than 25 ms, by stage (server side) | GPU utilization mean / p10 % |",
+        "|---|---:|---|---|---:|---|---|",
     ]
     for r in rows:
         slow = ", ".join(f"{k} {v}" for k, v in sorted(r["priority_stages_over_25ms"].items()))
+        gpu = r.get("gpu_utilization")
+        busy = f"{gpu['mean_percent']:.0f} / {gpu['p10_percent']:.0f}" if gpu else "n/a"
         lines.append(f"| {r['variant']} | {r['bulk_tokens_per_s']:,} | {r['p50_ms']} / {r['p90_ms']} / {r['p99_ms']} / "
-                     f"{r['max_ms']} | {r['full_gc']} ({r['full_gc_mean_ms']}) | {r['gen1_gc_mean_ms']} | {slow} |")
+                     f"{r['max_ms']} | {r['full_gc']} ({r['full_gc_mean_ms']}) | {r['gen1_gc_mean_ms']} | {slow} "
+                     f"| {busy} |")
     lines += gil_lines(runs or [])
     return "\n".join(lines) + "\n"
 

@@ -99,3 +99,33 @@ def test_reranker_fast_path_agrees_with_eager(tiny_qwen3_causal_lm: Path) -> Non
     assert np.abs(fast_small - eager_small).max() <= 5e-2 * scale
     assert np.abs(fast_small - fast_bulk[:4]).max() <= 5e-2 * scale  # graph bucket vs compiled batch
     assert np.abs(fast_bulk - ref_bulk).max() <= 2 * np.abs(eager_bulk - ref_bulk).max() + 1e-2 * scale
+
+
+def test_a_bulk_forward_never_synchronises_the_device() -> None:
+    """An eager bulk forward only queues work: no step waits for the GPU (with a sync, a bulk thread could not
+    queue the next batch until this one had finished). Without the ready mask mapping, transformers' search
+    for packed sequences synchronises, which shows that the check is live."""
+    from servers.backends.accelerated import AccelerationSettings, LastTokenDecoder
+    from servers.backends.device import choose_placement
+    from testkit.random_models import random_qwen3_causal_lm
+
+    placement = choose_placement("cuda:0", "bfloat16", "sdpa")
+    model = random_qwen3_causal_lm("tiny", device="cuda:0", dtype="bfloat16").model.eval()
+    off = AccelerationSettings(cuda_graphs="off", compile="off")
+    decoder = LastTokenDecoder(model, placement, 151643, None, off, 512)
+    assert decoder.info()["mask_free"] is True
+    rng = np.random.default_rng(0)
+    batch = [rng.integers(0, 150000, size=n).tolist() for n in (40, 7, 300)]
+    stream = torch.cuda.Stream()
+    with torch.inference_mode(), torch.cuda.stream(stream):
+        decoder.run(batch, "bulk")  # warm: lazy initialisations may synchronise once
+        stream.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            decoder.run(batch, "bulk")
+            decoder._mask_free = {}
+            with pytest.raises(RuntimeError, match="synchroniz"):
+                decoder.run(batch, "bulk")
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        stream.synchronize()
