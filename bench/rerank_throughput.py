@@ -307,7 +307,7 @@ def run_shape(args: argparse.Namespace, shape: str, dtype: str, tokenizer_dir: P
     if args.device.startswith("cuda"):
         torch.cuda.empty_cache()
 
-    extra = ["--dtype", dtype, "--max-batch-tokens", str(args.max_batch_tokens)]
+    extra = ["--dtype", dtype, "--max-batch-tokens", str(args.max_batch_tokens), *args.server_arg]
     log(f"[{shape}] starting rag-serve rerank on {args.device} ({' '.join(extra)})")
     from bench.embed_throughput import wait_accelerated
 
@@ -347,7 +347,8 @@ def markdown(results: list[ShapeResult], meta: dict[str, Any]) -> str:
     lines = [
         f"Rerank throughput — {meta['device_name']}, {meta['requests']} requests x {meta['docs']} docs "
         f"(query {meta['query_tokens']} tokens, docs {meta['doc_min']}-{meta['doc_max']} tokens), "
-        f"{meta['concurrency']} concurrent, max_batch_tokens {meta['max_batch_tokens']}",
+        f"{meta['concurrency']} concurrent, max_batch_tokens {meta['max_batch_tokens']}"
+        + (f", server flags `{' '.join(meta['server_args'])}`" if meta.get("server_args") else ""),
         "",
         "| shape | dtype | mean pair tokens | eager ceiling tokens/s | compiled ceiling tokens/s | server tokens/s "
         "| server pairs/s | % of eager | % of compiled | p50 s (16 concurrent) | p99 s | unloaded 100-doc p50 s "
@@ -382,6 +383,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--max-batch-tokens", type=int, default=16384, help="server and ceiling batch budget (default)")
     p.add_argument("--max-batch-size", type=int, default=256)
     p.add_argument("--ceiling-seconds", type=float, default=8.0)
+    p.add_argument("--server-arg", action="append", default=[],
+                   help="extra rag-serve flag, repeatable: --server-arg=--bulk-packing --server-arg=on")
     p.add_argument("--out", type=Path, default=RESULTS_DIR / "rerank_throughput.json")
     args = p.parse_args(argv)
     if args.smoke:
@@ -418,6 +421,7 @@ def main(argv: list[str] | None = None) -> int:
         "device": args.device, "device_name": device_name, "requests": args.requests, "docs": args.docs,
         "query_tokens": args.query_tokens, "doc_min": args.doc_min, "doc_max": args.doc_max,
         "concurrency": args.concurrency, "max_batch_tokens": args.max_batch_tokens, "smoke": args.smoke,
+        "server_args": list(args.server_arg),
         "total_seconds": round(time.perf_counter() - started, 1),
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
     }

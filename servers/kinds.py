@@ -81,14 +81,14 @@ KINDS: Mapping[str, ServerKindSpec] = MappingProxyType({
             summary="serve one text embedding model (/embed, /v1/embeddings)",
             engine="servers.engines.embedding:EmbeddingEngine",
             routers=("servers.routes.embedding:text_router", "servers.routes.embedding:router"),
-            settings=COMMON_SETTINGS | {"last_token_padding"},
+            settings=COMMON_SETTINGS | {"last_token_padding", "bulk_packing"},
         ),
         ServerKindSpec(
             name="rerank",
             summary="serve one reranker (/rerank, /v1/rerank, /v2/rerank, /score); images need a multimodal one",
             engine="servers.engines.rerank:RerankEngine",
             routers=("servers.routes.rerank:router",),
-            settings=COMMON_SETTINGS | IMAGE_SETTINGS | {"prompt_template"},
+            settings=COMMON_SETTINGS | IMAGE_SETTINGS | {"prompt_template", "bulk_packing"},
             # A query-document pair with the yes/no prompt is ~100-500 tokens, and rerank requests are mostly
             # bulk (a query and its candidates): no query-sized compiled graph would be used.
             defaults=MappingProxyType({"compiled_graph_buckets": ("off",)}),

@@ -10,7 +10,9 @@ of two lanes:
 
 Each worker forms a batch from the head of its lane: the oldest live item is always in the batch (no
 starvation) and is joined by the items closest to it in length, so padding stays small; the batch holds at
-most ``max_batch_size`` items and ``n_items * longest_item`` tokens at most ``max_batch_tokens``. A bulk
+most ``max_batch_size`` items and ``n_items * longest_item`` tokens at most ``max_batch_tokens`` (a bulk lane
+whose backend runs batches packed, without padding, fills the budget with the sum of its items' tokens in
+arrival order instead: :meth:`TokenBudgetScheduler.enable_packing`). A bulk
 worker that finds a part-full batch waits up to ``max_wait_ms`` for more work; the priority worker never
 waits (it takes whatever queries are queued at once). Items of requests whose caller went
 away (the awaiting task was cancelled) are dropped before the forward pass. When the queue holds
@@ -159,6 +161,7 @@ class TokenBudgetScheduler(Generic[P, R]):
     ) -> None:
         self._run_batch = run_batch
         self._launch_batch: Callable[[list[P], Lane], Callable[[], Sequence[R]]] | None = None
+        self._packed_bulk = False
         self.limits = limits
         self._observer: BatchObserver = observer or NullObserver()
         self._lanes: dict[Lane, _LaneState[P, R]] = {}
@@ -179,6 +182,15 @@ class TokenBudgetScheduler(Generic[P, R]):
         priority lane never pipelines: it answers as soon as its batch is done.
         """
         self._launch_batch = launch_batch
+
+    def enable_packing(self) -> None:
+        """Form bulk batches for a backend that runs them packed (texts back to back, no padding).
+
+        A packed batch costs the sum of its items' tokens, not items x longest, so the bulk worker fills the
+        token budget in arrival order (first fit: an item that does not fit leaves room for later, shorter
+        ones) instead of grouping items by length. The priority lane is unchanged.
+        """
+        self._packed_bulk = True
 
     async def start(self) -> None:
         """Start the worker tasks (one model thread each) of every lane. Idempotent."""
@@ -370,7 +382,8 @@ class TokenBudgetScheduler(Generic[P, R]):
         return False
 
     def _take_batch(self, state: _LaneState[P, R]) -> list[_Item[P, R]]:
-        """Pop the oldest live item plus its nearest-length neighbours that fit the limits."""
+        """Pop the oldest live item plus its nearest-length neighbours that fit the limits (packed lane:
+        the oldest items whose tokens fit the budget, see :meth:`enable_packing`)."""
         limits = self.limits
         window = min(len(state.queue), CANDIDATE_WINDOW_PER_BATCH_SLOT * limits.max_batch_size)
         candidates: list[_Item[P, R]] = []
@@ -386,6 +399,8 @@ class TokenBudgetScheduler(Generic[P, R]):
             self._observer.observe_dropped(state.name, dropped)
         if not candidates:
             return []
+        if self._packs(state):
+            return self._take_packed(state, candidates)
         anchor = candidates[0]
         ordered = sorted(candidates, key=lambda it: (it.tokens, it.seq))
         lo = hi = ordered.index(anchor)
@@ -419,6 +434,27 @@ class TokenBudgetScheduler(Generic[P, R]):
         self._observer.observe_queue(state.name, len(state.queue))
         return batch
 
+    def _packs(self, state: _LaneState[P, R]) -> bool:
+        return self._packed_bulk and state.name == "bulk"
+
+    def _take_packed(self, state: _LaneState[P, R], candidates: list[_Item[P, R]]) -> list[_Item[P, R]]:
+        """First fit in arrival order: the oldest item, then every later one whose tokens still fit."""
+        limits = self.limits
+        batch: list[_Item[P, R]] = []
+        rest: list[_Item[P, R]] = []
+        total = 0
+        for item in candidates:
+            if len(batch) < limits.max_batch_size and (not batch or total + item.tokens <= limits.max_batch_tokens):
+                batch.append(item)
+                total += item.tokens
+            else:
+                rest.append(item)
+        for item in reversed(rest):
+            state.queue.appendleft(item)
+        self._queued_items -= len(batch)
+        self._observer.observe_queue(state.name, len(state.queue))
+        return batch
+
     async def _run(
         self, state: _LaneState[P, R], batch: list[_Item[P, R]], loop: asyncio.AbstractEventLoop
     ) -> None:
@@ -447,7 +483,7 @@ class TokenBudgetScheduler(Generic[P, R]):
     ) -> None:
         """Record the batch's statistics and hand each result to its request (complete ones resolve)."""
         tokens = sum(item.tokens for item in batch)
-        padded = len(batch) * max(item.tokens for item in batch)
+        padded = tokens if self._packs(state) else len(batch) * max(item.tokens for item in batch)
         if elapsed > 0:
             rate = tokens / elapsed
             self._throughput_tokens_per_s = (

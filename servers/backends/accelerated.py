@@ -51,6 +51,7 @@ import numpy as np
 import torch
 
 from servers.backends.device import Placement
+from servers.backends.packed import flash_varlen_available, pack, packed_inputs, use_packed_attention
 from servers.settings import DEFAULT_COMPILED_GRAPH_BUCKETS, parse_graph_buckets
 
 logger = logging.getLogger(__name__)
@@ -64,6 +65,9 @@ MAX_GRAPH_TOKENS = 1024
 DEFAULT_COMPILE_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "rag-plugins", "inductor")
 
 Head = Callable[[torch.Tensor], torch.Tensor]
+#: Least cosine between a probe's packed and padded outputs for packing to be switched on (kernel rounding
+#: in half precision stays far above it; a wrong position or mask falls far below).
+PACKING_MIN_COSINE = 0.999
 
 
 @dataclass(frozen=True)
@@ -78,6 +82,8 @@ class AccelerationSettings:
         compile_cache_dir: Inductor's on-disk cache (None: :data:`DEFAULT_COMPILE_CACHE`).
         compiled_graph_buckets: (batch, length) buckets that get a static compiled forward captured as a
             CUDA graph (needs both graphs and compilation on).
+        bulk_packing: ``on``: bulk batches run packed, padding-free (:mod:`servers.backends.packed`), where
+            the decoder and the device allow it and a probe agrees with the padded forward; ``off``.
     """
 
     cuda_graphs: str = "auto"
@@ -86,6 +92,7 @@ class AccelerationSettings:
     graph_max_length: int = 512
     compile_cache_dir: str | None = None
     compiled_graph_buckets: tuple[tuple[int, int], ...] = parse_graph_buckets(DEFAULT_COMPILED_GRAPH_BUCKETS)
+    bulk_packing: str = "off"
 
     @classmethod
     def from_settings(cls, settings: Any) -> AccelerationSettings:
@@ -94,6 +101,7 @@ class AccelerationSettings:
             graph_max_batch=settings.cuda_graph_max_batch, graph_max_length=settings.cuda_graph_max_length,
             compile_cache_dir=settings.compile_cache_dir,
             compiled_graph_buckets=parse_graph_buckets(settings.compiled_graph_buckets),
+            bulk_packing=settings.bulk_packing,
         )
 
 
@@ -282,6 +290,14 @@ class LastTokenDecoder:
             "compiled_graphs": "pending" if self._compiled_keys else "off",
             "compile": "off" if not self.compile_enabled else "pending",
         }
+        self.packing = False
+        self._stats["bulk_packing"] = "off"
+        if acceleration.bulk_packing == "on":
+            refusal = self._enable_packing()
+            self.packing = refusal is None
+            self._stats["bulk_packing"] = "on" if refusal is None else f"off ({refusal})"
+            if refusal is not None:
+                logger.warning("%s: bulk packing refused: %s", name, refusal)
 
     # ------------------------------------------------------------------------------------------- forward
     def _pooled(self, ids: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
@@ -291,6 +307,39 @@ class LastTokenDecoder:
         pooled = hidden[rows, last]
         out = self.head(pooled) if self.head is not None else pooled
         return out.float()
+
+    def _packed(self, batch: Sequence[Sequence[int]]) -> torch.Tensor:
+        """The packed forward (:mod:`servers.backends.packed`): (n, out) float32, no padding computed."""
+        inputs, last = packed_inputs(pack(batch), self.placement.device)
+        hidden = self.decoder(use_cache=False, **self._mask_free, **inputs).last_hidden_state
+        pooled = hidden[0, last]
+        out = self.head(pooled) if self.head is not None else pooled
+        return out.float()
+
+    def _enable_packing(self) -> str | None:
+        """Switch the decoder to packed attention if it agrees with the padded forward; else why not."""
+        if not self._mask_free:
+            return "the model builds its own attention mask"
+        device, dtype = self.placement.device, self.placement.dtype
+        if device.type == "cuda" and not flash_varlen_available(device, dtype):
+            return "needs FlashAttention-2's varlen kernel: compute capability >= 8.0 in float16/bfloat16"
+        previous = use_packed_attention(self.decoder)
+        rng = np.random.default_rng(0)
+        vocab = int(getattr(self.decoder.config, "vocab_size", 1000))
+        probe = [rng.integers(0, vocab, size=n).tolist() for n in (37, 5, 64, 1)]
+        try:
+            with torch.inference_mode():
+                ids, last = right_padded(probe, self.pad_id, len(probe), max(map(len, probe)))
+                padded = self._pooled(ids.to(device), last.to(device))
+                packed = self._packed(probe)
+                cosine = float(torch.nn.functional.cosine_similarity(padded, packed, dim=-1).min())
+        except Exception as exc:
+            self.decoder.set_attn_implementation(previous)
+            return f"probe failed: {type(exc).__name__}: {str(exc)[:200]}"
+        if not cosine >= PACKING_MIN_COSINE:
+            self.decoder.set_attn_implementation(previous)
+            return f"probe disagrees with the padded forward (cosine {cosine:.5f})"
+        return None
 
     def _graph_for(self, n: int, length: int) -> tuple[str, _GraphBucket] | None:
         """The smallest ready compiled graph that fits (n rows of up to ``length`` tokens), else the smallest
@@ -318,6 +367,8 @@ class LastTokenDecoder:
                 self.priority_paths[path] += 1
                 with self._graph_lock:
                     return graph.replay(ids.pin_memory(), last.pin_memory(), n)
+        if lane != "priority" and self.packing:
+            return self._packed(batch)
         ids, last = right_padded(batch, self.pad_id, n, length)
         if device.type == "cuda":
             ids, last = ids.pin_memory().to(device, non_blocking=True), last.pin_memory().to(device, non_blocking=True)
@@ -485,6 +536,9 @@ class LastTokenDecoder:
                 ids = torch.full((rows, length), self.pad_id, dtype=torch.long, device=device)
                 last = torch.full((rows,), length - 1, dtype=torch.long, device=device)
                 self._pooled(ids, last)
+            if self.packing:  # the packed calls are their own (dynamic) graph of the layer
+                for lengths in ((40, 7, 300), (64, 64), (5, 1, 9, 200)):
+                    self._packed([[self.pad_id] * n for n in lengths])
         stream.synchronize()
         try:
             torch.compiler.set_stance("fail_on_recompile")

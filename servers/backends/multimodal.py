@@ -12,7 +12,7 @@ state.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -183,8 +183,9 @@ def text_decoder(model: Any, placement: Placement, pad_id: int, head: Any, accel
     sequentially on all three M-RoPE axes), which is what the language model computes without position
     ids, so text-only batches can take the graphed / compiled path; batches with images stay eager.
     """
-    return LastTokenDecoder(model.language_model, placement, pad_id, head, acceleration or AccelerationSettings(),
-                            max_length, name=name)
+    # Bulk batches of these backends mix images in (padded, masked), so their text batches stay padded too.
+    settings = replace(acceleration or AccelerationSettings(), bulk_packing="off")
+    return LastTokenDecoder(model.language_model, placement, pad_id, head, settings, max_length, name=name)
 
 
 def vision_language_class(name: str) -> Any:
@@ -205,6 +206,9 @@ class QwenVLEmbedder:
         max_pixels: Upper bound (None: the recipe's default).
         positions: Decoder position ids (None: the recipe's).
     """
+
+    #: Bulk batches run padded (packing is for the text decoders' last-token path only).
+    packs_bulk = False
 
     def __init__(
         self, model_dir: Path, recipe: MultiModalRecipe, placement: Placement, max_length: int,

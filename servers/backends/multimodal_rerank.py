@@ -116,6 +116,9 @@ class QwenVLPairScorer:
         max_pixels: Upper bound (None: the recipe's default).
     """
 
+    #: Bulk batches run padded (packing is for the text decoders' last-token path only).
+    packs_bulk = False
+
     def __init__(
         self, model_dir: Path, recipe: RerankRecipe, placement: Placement, max_length: int,
         min_pixels: int | None = None, max_pixels: int | None = None, positions: PositionScheme | None = None,

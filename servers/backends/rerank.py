@@ -188,6 +188,11 @@ class DecoderPairScorer:
     sequence classifier. Only those rows are computed (not the 150k-wide vocabulary projection).
     """
 
+    @property
+    def packs_bulk(self) -> bool:
+        """Whether bulk batches run packed (``--bulk-packing on``, accepted by the decoder's probe)."""
+        return self.decoder is not None and self.decoder.packing
+
     def __init__(self, model_dir: Path, recipe: RerankRecipe, placement: Placement, max_length: int,
                  acceleration: AccelerationSettings | None = None) -> None:
         from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
@@ -290,6 +295,9 @@ class DecoderPairScorer:
 class CrossEncoderPairScorer:
     """Encoder cross-encoder: the tokenizer's own pair encoding, ``longest_first`` truncation, right padding."""
 
+    #: Bulk batches run padded (packing is for the text decoders' last-token path only).
+    packs_bulk = False
+
     def __init__(self, model_dir: Path, recipe: RerankRecipe, placement: Placement, max_length: int) -> None:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -364,6 +372,9 @@ class CrossEncoderPairScorer:
 
 class BiEncoderScorer:
     """A sentence-transformers embedding model used for reranking by cosine; runs the embedding backend."""
+
+    #: Bulk batches run padded (packing is for the text decoders' last-token path only).
+    packs_bulk = False
 
     def __init__(self, model_dir: Path, recipe: RerankRecipe, placement: Placement, max_length: int,
                  acceleration: AccelerationSettings | None = None) -> None:

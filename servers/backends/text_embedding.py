@@ -109,6 +109,11 @@ class LastTokenEmbedder:
     causal fall back to ``"left"``: left padding, the padding mask and position ids from it.
     """
 
+    @property
+    def packs_bulk(self) -> bool:
+        """Whether bulk batches run packed (``--bulk-packing on``, accepted by the decoder's probe)."""
+        return self.decoder is not None and self.decoder.packing
+
     def __init__(
         self, model_dir: Path, recipe: EmbeddingRecipe, placement: Placement, max_length: int,
         padding: str = "right", acceleration: AccelerationSettings | None = None,
@@ -198,6 +203,9 @@ class LastTokenEmbedder:
 
 class SentenceTransformerEmbedder:
     """Any sentence-transformers model, run through its own modules (pooling, dense) minus ``Normalize``."""
+
+    #: Bulk batches run padded (packing is for the text decoders' last-token path only).
+    packs_bulk = False
 
     def __init__(self, model_dir: Path, recipe: EmbeddingRecipe, placement: Placement, max_length: int) -> None:
         from sentence_transformers import SentenceTransformer

@@ -72,7 +72,8 @@ class EngineBase(Generic[P, R]):
 
     kind: str = "base"
     #: The torch backend: ``forward(batch, lane)``, ``launch(batch, lane).result()``, ``placement``,
-    #: ``start_acceleration()``, ``stop_acceleration()`` and ``acceleration_info()``.
+    #: ``packs_bulk`` (its bulk batches run packed), ``start_acceleration()``, ``stop_acceleration()`` and
+    #: ``acceleration_info()``.
     backend: Any
 
     def __init__(self, settings: ServerSettings, metrics: ServerMetrics | None = None) -> None:
@@ -106,6 +107,8 @@ class EngineBase(Generic[P, R]):
         self._priority_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize-priority")
         if self._pipelines():
             self.scheduler.enable_pipelining(self._launch_batch)
+        if self.backend.packs_bulk:
+            self.scheduler.enable_packing()
         await self.scheduler.start()
         if self.settings.warmup:
             started = time.perf_counter()
@@ -165,7 +168,7 @@ class EngineBase(Generic[P, R]):
         return {
             "cuda_graphs": s.cuda_graphs, "compile": s.compile, "cuda_graph_max_batch": s.cuda_graph_max_batch,
             "cuda_graph_max_length": s.cuda_graph_max_length,
-            "compiled_graph_buckets": list(s.compiled_graph_buckets),
+            "compiled_graph_buckets": list(s.compiled_graph_buckets), "bulk_packing": s.bulk_packing,
             "compile_cache_dir": s.compile_cache_dir or DEFAULT_COMPILE_CACHE,
             "warmup_s": round(self.warmup_s, 3) if self.warmup_s is not None else None,
             "acceleration": self.backend.acceleration_info(),

@@ -20,13 +20,13 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
 TEXTS = [f"query {i}: " + "retrieval augmented generation " * (1 + i % 7) for i in range(24)]
 
 
-def _embed_engine(model: Path, device: str, dtype: str, graphs: str, compile_: str) -> Any:
+def _embed_engine(model: Path, device: str, dtype: str, graphs: str, compile_: str, packing: str = "off") -> Any:
     from servers.engines.embedding import EmbeddingEngine
     from servers.settings import ServerSettings
 
     return EmbeddingEngine.from_settings(ServerSettings(
         model=str(model), device=device, dtype=dtype, cuda_graphs=graphs, compile=compile_, warmup=False,
-        compile_cache_dir="/tmp/rag-plugins-test-inductor", compiled_graph_buckets=("1x64",),
+        compile_cache_dir="/tmp/rag-plugins-test-inductor", compiled_graph_buckets=("1x64",), bulk_packing=packing,
     ))
 
 
@@ -102,30 +102,54 @@ def test_reranker_fast_path_agrees_with_eager(tiny_qwen3_causal_lm: Path) -> Non
 
 
 def test_a_bulk_forward_never_synchronises_the_device() -> None:
-    """An eager bulk forward only queues work: no step waits for the GPU (with a sync, a bulk thread could not
-    queue the next batch until this one had finished). Without the ready mask mapping, transformers' search
-    for packed sequences synchronises, which shows that the check is live."""
+    """An eager bulk forward, padded or packed, only queues work: no step waits for the GPU (with a sync, a
+    bulk thread could not queue the next batch until this one had finished). Without the ready mask mapping,
+    transformers' search for packed sequences synchronises, which shows that the check is live."""
+    from dataclasses import replace
+
     from servers.backends.accelerated import AccelerationSettings, LastTokenDecoder
     from servers.backends.device import choose_placement
     from testkit.random_models import random_qwen3_causal_lm
 
     placement = choose_placement("cuda:0", "bfloat16", "sdpa")
-    model = random_qwen3_causal_lm("tiny", device="cuda:0", dtype="bfloat16").model.eval()
     off = AccelerationSettings(cuda_graphs="off", compile="off")
-    decoder = LastTokenDecoder(model, placement, 151643, None, off, 512)
-    assert decoder.info()["mask_free"] is True
+    padded_model = random_qwen3_causal_lm("tiny", device="cuda:0", dtype="bfloat16").model.eval()
+    padded = LastTokenDecoder(padded_model, placement, 151643, None, off, 512)
+    packed_model = random_qwen3_causal_lm("tiny", device="cuda:0", dtype="bfloat16").model.eval()
+    packed = LastTokenDecoder(packed_model, placement, 151643, None, replace(off, bulk_packing="on"), 512)
+    assert padded.info()["mask_free"] is True
+    assert packed.packing, packed.info()
     rng = np.random.default_rng(0)
     batch = [rng.integers(0, 150000, size=n).tolist() for n in (40, 7, 300)]
     stream = torch.cuda.Stream()
     with torch.inference_mode(), torch.cuda.stream(stream):
-        decoder.run(batch, "bulk")  # warm: lazy initialisations may synchronise once
+        for decoder in (padded, packed):
+            decoder.run(batch, "bulk")  # warm: lazy initialisations may synchronise once
         stream.synchronize()
         torch.cuda.set_sync_debug_mode("error")
         try:
-            decoder.run(batch, "bulk")
-            decoder._mask_free = {}
+            padded.run(batch, "bulk")
+            packed.run(batch, "bulk")
+            padded._mask_free = {}
             with pytest.raises(RuntimeError, match="synchroniz"):
-                decoder.run(batch, "bulk")
+                padded.run(batch, "bulk")
         finally:
             torch.cuda.set_sync_debug_mode("default")
         stream.synchronize()
+
+
+@pytest.mark.parametrize("compile_", ["off", "on"])
+def test_packed_bulk_batches_agree_with_padded_ones(tiny_qwen3_embedding: Path, compile_: str) -> None:
+    """FlashAttention-2's varlen kernel on packed bulk batches (eager, then inside the compiled layer) against
+    the padded eager path in bf16 and fp32 on the CPU."""
+    packed_engine = _embed_engine(tiny_qwen3_embedding, "cuda:0", "bfloat16", compile_, compile_, packing="on")
+    decoder = packed_engine.backend.decoder
+    assert decoder.info()["bulk_packing"] == "on", decoder.info()
+    packed, _ = asyncio.run(_vectors(packed_engine, wait=compile_ == "on"))
+    if compile_ == "on":
+        assert decoder.info().get("compiled_layer_fallbacks") == 0, decoder.info()
+    padded, _ = asyncio.run(_vectors(_embed_engine(tiny_qwen3_embedding, "cuda:0", "bfloat16", "off", "off"),
+                                     wait=False))
+    ref, _ = asyncio.run(_vectors(_embed_engine(tiny_qwen3_embedding, "cpu", "float32", "off", "off"), wait=False))
+    assert np.sum(packed * padded, axis=1).min() >= 0.999
+    assert np.sum(packed * ref, axis=1).min() >= np.sum(padded * ref, axis=1).min() - 1e-3

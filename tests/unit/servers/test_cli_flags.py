@@ -71,6 +71,8 @@ def _argv(kind: str, model: Path, image_root: Path) -> list[str]:
     ]
     if "last_token_padding" in KINDS[kind].settings:
         argv += ["--last-token-padding", "left"]
+    if "bulk_packing" in KINDS[kind].settings:
+        argv += ["--bulk-packing", "on"]
     if "image_root" in KINDS[kind].settings:
         argv += ["--image-root", str(image_root), "--allow-url-images", "--max-image-bytes", "123456",
                  "--max-image-pixels", "2000000", "--url-timeout-s", "2.5", "--min-pixels", str(8 * 28 * 28),
@@ -114,6 +116,7 @@ INFO_CHECKS: dict[str, tuple[str, Any]] = {
     "cuda_graph_max_length": ("cuda_graph_max_length", 256),
     "compile_cache_dir": ("compile_cache_dir", "/tmp/flag-inductor-cache"),
     "compiled_graph_buckets": ("compiled_graph_buckets", ["2x64", "1x128"]),
+    "bulk_packing": ("bulk_packing", "on"),
 }
 #: ``model`` and ``image_root`` are checked against paths only known at run time; so are the search server's.
 RUNTIME_INFO_CHECKS = {"model", "image_root", "prompt_template", "milvus_uri", "collection", "embed_url",

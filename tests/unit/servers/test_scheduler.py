@@ -99,6 +99,41 @@ async def test_batches_respect_token_budget_and_size() -> None:
     assert max(len(b) for b in batches) > 1, "the scheduler never batched anything"
 
 
+async def test_packed_bulk_batches_fill_the_budget_first_fit_in_arrival_order() -> None:
+    """A packed lane counts the sum of tokens (no padding) and takes later, shorter items into the room an
+    earlier long one left; the observer is told no padded tokens."""
+
+    @dataclass
+    class PaddingObserver:
+        padded: list[tuple[int, int]] = field(default_factory=list)
+
+        def observe_batch(self, lane: str, items: int, tokens: int, padded_tokens: int, seconds: float) -> None:
+            if lane == "bulk":
+                self.padded.append((tokens, padded_tokens))
+
+        def observe_queue(self, lane: str, depth: int) -> None:
+            return None
+
+        def observe_dropped(self, lane: str, items: int) -> None:
+            return None
+
+    recorder = Recorder(hold_first=True)
+    observer = PaddingObserver()
+    sched: TokenBudgetScheduler[Job, str] = TokenBudgetScheduler(
+        recorder, BatchLimits(max_batch_tokens=10, max_batch_size=8, max_wait_ms=0), observer=observer
+    )
+    sched.enable_packing()
+    await sched.start()
+    try:
+        costs = [5, 9, 3, 7, 2]
+        results = await queue_then_release(sched, recorder, [[Job(f"j{i}", c)] for i, c in enumerate(costs)])
+    finally:
+        await sched.stop()
+    assert results == [[f"out:j{i}"] for i in range(len(costs))]
+    assert [[j.name for j in b] for b in recorder.bulk_batches()[1:]] == [["j0", "j2", "j4"], ["j1"], ["j3"]]
+    assert observer.padded[1:] == [(10, 10), (9, 9), (7, 7)]
+
+
 async def test_oversized_single_item_still_runs_alone() -> None:
     recorder = Recorder()
     sched = make_scheduler(recorder, max_batch_tokens=10, max_batch_size=8)

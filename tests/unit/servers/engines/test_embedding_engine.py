@@ -70,3 +70,24 @@ async def test_the_pipelined_bulk_lane_gives_the_vectors_of_the_plain_one(tiny_q
         return np.concatenate([r.vectors for r in results])
 
     np.testing.assert_allclose(await run(True), await run(False), atol=1e-6)
+
+
+async def test_bulk_packing_gives_the_vectors_of_padded_batches(tiny_qwen3_embedding: Path) -> None:
+    """``--bulk-packing on``: the scheduler packs bulk batches by their tokens and the backend runs them
+    padding-free; every vector matches the padded engine's (fp32, CPU reference attention)."""
+    import asyncio
+
+    texts = [f"{TEXTS[i % len(TEXTS)]} {'word ' * (i % 9)}{i}" for i in range(40)]
+    requests = [texts[i : i + 8] for i in range(0, len(texts), 8)]
+
+    async def run(packing: str) -> np.ndarray:
+        engine = _engine(tiny_qwen3_embedding, bulk_packing=packing, priority_max_items=0, max_batch_tokens=256,
+                         max_length=256, warmup=False)
+        assert engine.backend.packs_bulk is (packing == "on")
+        async with engine:
+            assert engine.scheduler._packed_bulk is (packing == "on")
+            assert engine.acceleration_facts()["acceleration"]["bulk_packing"] == packing
+            results = await asyncio.gather(*(engine.embed(r) for r in requests))
+        return np.concatenate([r.vectors for r in results])
+
+    np.testing.assert_allclose(await run("on"), await run("off"), atol=1e-5)
