@@ -6,6 +6,7 @@ import asyncio
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 
@@ -339,14 +340,26 @@ async def test_submit_requires_running_scheduler_and_matching_costs() -> None:
         await sched.stop()
 
 
+def _times_ten(payloads: list[int], lane: str) -> list[int]:
+    return [p * 10 for p in payloads]
+
+
+async def _pipelined_six(launch: Any, run_batch: Any = _times_ten) -> list[int]:
+    """Items 1..6 through a pipelined bulk lane in batches of two; the results (10..60 when all goes well)."""
+    scheduler: TokenBudgetScheduler[int, int] = TokenBudgetScheduler(
+        run_batch, BatchLimits(max_batch_tokens=4, max_batch_size=2, max_wait_ms=0)
+    )
+    scheduler.enable_pipelining(launch)
+    await scheduler.start()
+    try:
+        return await asyncio.wait_for(scheduler.submit([1, 2, 3, 4, 5, 6], [1] * 6, priority=False), WAIT_S)
+    finally:
+        await scheduler.stop()
+
+
 async def test_pipelined_bulk_lane_launches_next_batch_before_collecting_and_keeps_results() -> None:
     """With pipelining the bulk worker launches batch k+1 before it collects batch k; answers stay exact."""
-    from servers.scheduler import BatchLimits, TokenBudgetScheduler
-
     events: list[str] = []
-
-    def run_batch(payloads: list[int], lane: str) -> list[int]:
-        return [p * 10 for p in payloads]
 
     def launch(payloads: list[int], lane: str):  # type: ignore[no-untyped-def]
         events.append(f"launch{payloads}")
@@ -357,16 +370,7 @@ async def test_pipelined_bulk_lane_launches_next_batch_before_collecting_and_kee
 
         return collect
 
-    scheduler: TokenBudgetScheduler[int, int] = TokenBudgetScheduler(
-        run_batch, BatchLimits(max_batch_tokens=4, max_batch_size=2, max_wait_ms=0)
-    )
-    scheduler.enable_pipelining(launch)
-    await scheduler.start()
-    try:
-        results = await scheduler.submit([1, 2, 3, 4, 5, 6], [1, 1, 1, 1, 1, 1], priority=False)
-    finally:
-        await scheduler.stop()
-    assert results == [10, 20, 30, 40, 50, 60]
+    assert await _pipelined_six(launch) == [10, 20, 30, 40, 50, 60]
     launches = [i for i, e in enumerate(events) if e.startswith("launch")]
     collects = [i for i, e in enumerate(events) if e.startswith("collect")]
     assert len(launches) == 3
@@ -383,9 +387,6 @@ async def test_pipelined_model_thread_goes_from_launch_to_launch_while_results_a
     launch_threads: set[int] = set()
     collect_threads: set[int] = set()
 
-    def run_batch(payloads: list[int], lane: str) -> list[int]:
-        return [p * 10 for p in payloads]
-
     def launch(payloads: list[int], lane: str):  # type: ignore[no-untyped-def]
         launch_threads.add(threading.get_ident())
         if payloads[0] == 5:
@@ -399,18 +400,7 @@ async def test_pipelined_model_thread_goes_from_launch_to_launch_while_results_a
 
         return collect
 
-    scheduler: TokenBudgetScheduler[int, int] = TokenBudgetScheduler(
-        run_batch, BatchLimits(max_batch_tokens=4, max_batch_size=2, max_wait_ms=0)
-    )
-    scheduler.enable_pipelining(launch)
-    await scheduler.start()
-    try:
-        results = await asyncio.wait_for(
-            scheduler.submit([1, 2, 3, 4, 5, 6], [1, 1, 1, 1, 1, 1], priority=False), WAIT_S
-        )
-    finally:
-        await scheduler.stop()
-    assert results == [10, 20, 30, 40, 50, 60]
+    assert await _pipelined_six(launch) == [10, 20, 30, 40, 50, 60]
     assert len(launch_threads) == 1
     assert len(collect_threads) == 1
     assert launch_threads.isdisjoint(collect_threads)
@@ -436,16 +426,7 @@ async def test_a_pipelined_batch_that_fails_is_run_again_synchronously(stage: st
 
         return collect
 
-    scheduler: TokenBudgetScheduler[int, int] = TokenBudgetScheduler(
-        run_batch, BatchLimits(max_batch_tokens=4, max_batch_size=2, max_wait_ms=0)
-    )
-    scheduler.enable_pipelining(launch)
-    await scheduler.start()
-    try:
-        results = await asyncio.wait_for(scheduler.submit([1, 2, 3, 4, 5, 6], [1] * 6, priority=False), WAIT_S)
-    finally:
-        await scheduler.stop()
-    assert results == [10, 20, 30, 40, 50, 60]
+    assert await _pipelined_six(launch, run_batch) == [10, 20, 30, 40, 50, 60]
     assert ran == [[3, 4]]
 
 
