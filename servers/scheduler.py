@@ -316,6 +316,7 @@ class TokenBudgetScheduler(Generic[P, R]):
         """
         loop = asyncio.get_running_loop()
         launches: deque[_Launch[P, R]] = deque()
+        collecting: list[_Launch[P, R]] = []  # the batch being collected (answered on shutdown too)
 
         def timed_launch(payloads: list[P]) -> tuple[float, Callable[[], Sequence[R]]]:
             started = time.perf_counter()
@@ -333,6 +334,7 @@ class TokenBudgetScheduler(Generic[P, R]):
 
         try:
             while self._running:
+                collecting.clear()  # the previous head is answered (delivered or re-run)
                 await top_up(device_idle=True)
                 if not launches:
                     if not state.queue:
@@ -340,6 +342,7 @@ class TokenBudgetScheduler(Generic[P, R]):
                         await state.wakeup.wait()
                     continue
                 head = launches.popleft()
+                collecting[:] = [head]
                 try:
                     started, collect = await head.launched
                 except Exception as exc:
@@ -358,7 +361,7 @@ class TokenBudgetScheduler(Generic[P, R]):
                     continue
                 self._deliver(state, head.batch, results, time.perf_counter() - started)
         finally:
-            for pending in launches:
+            for pending in [*collecting, *launches]:
                 for item in pending.batch:
                     if item.request.live:
                         item.request.future.set_exception(ServingError("server is shutting down"))

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from servers.errors import QueueFullError, RequestTooLargeError
+from servers.errors import QueueFullError, RequestTooLargeError, ServingError
 from servers.scheduler import BatchFailedError, BatchLimits, Lane, TokenBudgetScheduler
 
 WAIT_S = 10.0
@@ -452,3 +452,29 @@ async def test_priority_lane_is_never_pipelined() -> None:
     finally:
         await scheduler.stop()
     assert launched == []
+
+
+async def test_stopping_while_a_pipelined_batch_is_collected_answers_its_request() -> None:
+    """The batch whose results are being waited for when the server stops gets the shutdown error too."""
+    collecting = threading.Event()
+    release = threading.Event()
+
+    def launch(payloads: list[int], lane: str):  # type: ignore[no-untyped-def]
+        def collect() -> list[int]:
+            collecting.set()
+            release.wait(WAIT_S)
+            return [p * 10 for p in payloads]
+
+        return collect
+
+    scheduler: TokenBudgetScheduler[int, int] = TokenBudgetScheduler(
+        _times_ten, BatchLimits(max_batch_tokens=4, max_batch_size=2, max_wait_ms=0)
+    )
+    scheduler.enable_pipelining(launch)
+    await scheduler.start()
+    request = asyncio.create_task(scheduler.submit([1, 2], [1, 1], priority=False))
+    assert await asyncio.to_thread(collecting.wait, WAIT_S)
+    threading.Timer(0.2, release.set).start()  # lets the collector thread end, so stop() can join it
+    await scheduler.stop()
+    with pytest.raises(ServingError, match="shutting down"):
+        await asyncio.wait_for(request, WAIT_S)
