@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(given)
     rows = []
     for scenario in args.scenario or [""]:
-        rows.append({"scenario": scenario, **asyncio.run(run_model(p.parse_args([*given, *scenario.split()])))})
+        rows.append({"scenario": scenario, **asyncio.run(run_model(p.parse_args([*given, *shlex.split(scenario)])))})
     shown = shlex.join(given)
     text = markdown(rows, shown)
     print(text)

@@ -535,6 +535,8 @@ def utilization_note(summary: dict[str, Any] | None) -> str:
     """``; GPU busy ...`` for a table cell, or nothing when no utilization was sampled."""
     if not summary:
         return ""
+    if not summary.get("samples"):
+        return "; GPU utilization: no samples (nvidia-smi read nothing)"
     return (f"; GPU utilization mean {summary['mean_percent']:.0f}%, p10 {summary['p10_percent']:.0f}% "
             f"({summary['samples']} samples)")
 

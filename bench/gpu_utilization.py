@@ -23,13 +23,19 @@ SAMPLE_MS = 100
 BUSY_PERCENT = 95
 
 
-def nvidia_smi_command(device_index: int, sample_ms: int = SAMPLE_MS) -> list[str] | None:
-    """The ``nvidia-smi`` call that prints one utilization percentage per line, or None without the tool."""
+def nvidia_smi_command(gpu_id: str, sample_ms: int = SAMPLE_MS) -> list[str] | None:
+    """The ``nvidia-smi`` call that prints one utilization percentage per line, or None without the tool.
+
+    Args:
+        gpu_id: What ``nvidia-smi --id`` takes: the GPU's UUID (unambiguous under ``CUDA_VISIBLE_DEVICES``),
+            or an index in nvidia-smi's own order.
+        sample_ms: Sample period.
+    """
     tool = shutil.which("nvidia-smi")
     if tool is None:
         return None
-    return [tool, "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits", f"-lms={sample_ms}",
-            f"--id={device_index}"]
+    return [tool, "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits", f"--loop-ms={sample_ms}",
+            f"--id={gpu_id}"]
 
 
 def summarize_utilization(samples: Sequence[float]) -> dict[str, Any] | None:
@@ -61,11 +67,16 @@ class GpuUtilizationSampler:
 
     @classmethod
     def for_device(cls, device: str) -> GpuUtilizationSampler:
-        """A sampler for a torch device string (``cuda:1`` -> GPU 1); a CPU device samples nothing."""
+        """A sampler for a torch device string (``cuda:1``), found by UUID: torch's index counts only the
+        visible GPUs, in CUDA's order, which need not be nvidia-smi's. A CPU device samples nothing."""
         if not device.startswith("cuda"):
             return cls(None)
+        import torch
+
         index = int(device.split(":", 1)[1]) if ":" in device else 0
-        return cls(nvidia_smi_command(index))
+        uuid = str(getattr(torch.cuda.get_device_properties(index), "uuid", ""))
+        gpu_id = (uuid if uuid.startswith("GPU-") else f"GPU-{uuid}") if uuid else str(index)
+        return cls(nvidia_smi_command(gpu_id))
 
     def __enter__(self) -> GpuUtilizationSampler:
         if self.command is None:
@@ -98,4 +109,8 @@ class GpuUtilizationSampler:
             self._reader.join(timeout=5)
 
     def summary(self) -> dict[str, Any] | None:
-        return summarize_utilization(self.samples)
+        """The samples' summary; ``{"samples": 0}`` when a sampler ran but read nothing (look at
+        ``nvidia-smi`` by hand then), None when there was nothing to sample (a CPU run)."""
+        if self.command is None:
+            return None
+        return summarize_utilization(self.samples) or {"samples": 0}

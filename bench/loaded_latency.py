@@ -116,7 +116,7 @@ def markdown(meta: dict[str, Any], rows: list[dict[str, Any]], runs: list[dict[s
     for r in rows:
         slow = ", ".join(f"{k} {v}" for k, v in sorted(r["priority_stages_over_25ms"].items()))
         gpu = r.get("gpu_utilization")
-        busy = f"{gpu['mean_percent']:.0f} / {gpu['p10_percent']:.0f}" if gpu else "n/a"
+        busy = f"{gpu['mean_percent']:.0f} / {gpu['p10_percent']:.0f}" if gpu and gpu.get("samples") else "n/a"
         lines.append(f"| {r['variant']} | {r['bulk_tokens_per_s']:,} | {r['p50_ms']} / {r['p90_ms']} / {r['p99_ms']} / "
                      f"{r['max_ms']} | {r['full_gc']} ({r['full_gc_mean_ms']}) | {r['gen1_gc_mean_ms']} | {slow} "
                      f"| {busy} |")

@@ -361,6 +361,8 @@ class TokenBudgetScheduler(Generic[P, R]):
                     continue
                 self._deliver(state, head.batch, results, time.perf_counter() - started)
         finally:
+            for pending in launches:
+                pending.launched.cancel()  # not started yet: it never runs (a running one finishes)
             for pending in [*collecting, *launches]:
                 for item in pending.batch:
                     if item.request.live:

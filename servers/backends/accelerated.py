@@ -302,36 +302,51 @@ class LastTokenDecoder:
     # ------------------------------------------------------------------------------------------- forward
     def _pooled(self, ids: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
         """The eager forward: (rows, length) ids and (rows,) last indices -> (rows, out) float32."""
-        hidden = self.decoder(input_ids=ids, use_cache=False, **self._mask_free).last_hidden_state
-        rows = torch.arange(ids.shape[0], device=ids.device)
-        pooled = hidden[rows, last]
-        out = self.head(pooled) if self.head is not None else pooled
-        return out.float()
+        return self._head(self._last_hidden(ids, last))
 
     def _packed(self, batch: Sequence[Sequence[int]]) -> torch.Tensor:
         """The packed forward (:mod:`servers.backends.packed`): (n, out) float32, no padding computed."""
-        inputs, last = packed_inputs(pack(batch), self.placement.device)
-        hidden = self.decoder(use_cache=False, **self._mask_free, **inputs).last_hidden_state
-        pooled = hidden[0, last]
+        return self._head(self._last_hidden_packed(batch))
+
+    def _head(self, pooled: torch.Tensor) -> torch.Tensor:
         out = self.head(pooled) if self.head is not None else pooled
         return out.float()
 
+    def _last_hidden(self, ids: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
+        """(rows, hidden): each row's hidden state at its last real token, from a right-padded batch."""
+        hidden = self.decoder(input_ids=ids, use_cache=False, **self._mask_free).last_hidden_state
+        rows = torch.arange(ids.shape[0], device=ids.device)
+        return hidden[rows, last]
+
+    def _last_hidden_packed(self, batch: Sequence[Sequence[int]]) -> torch.Tensor:
+        """(n, hidden): each text's hidden state at its last token, from one packed row."""
+        inputs, last = packed_inputs(pack(batch), self.placement.device)
+        hidden = self.decoder(use_cache=False, **self._mask_free, **inputs).last_hidden_state
+        return hidden[0, last]
+
     def _enable_packing(self) -> str | None:
-        """Switch the decoder to packed attention if it agrees with the padded forward; else why not."""
+        """Switch the decoder to packed attention if it agrees with the padded forward; else why not.
+
+        The probe compares last-token hidden states, before any head: a reranker's head reduces each text
+        to one score, and a cosine over a few scores that share an offset would hide a wrong forward.
+        """
         if not self._mask_free:
             return "the model builds its own attention mask"
+        previous = str(self.decoder.config._attn_implementation)
+        if previous != "sdpa":
+            return f"the model runs {previous} attention; packing replaces SDPA only"
         device, dtype = self.placement.device, self.placement.dtype
         if device.type == "cuda" and not flash_varlen_available(device, dtype):
             return "needs FlashAttention-2's varlen kernel: compute capability >= 8.0 in float16/bfloat16"
-        previous = use_packed_attention(self.decoder)
         rng = np.random.default_rng(0)
         vocab = int(getattr(self.decoder.config, "vocab_size", 1000))
         probe = [rng.integers(0, vocab, size=n).tolist() for n in (37, 5, 64, 1)]
         try:
+            use_packed_attention(self.decoder)
             with torch.inference_mode():
                 ids, last = right_padded(probe, self.pad_id, len(probe), max(map(len, probe)))
-                padded = self._pooled(ids.to(device), last.to(device))
-                packed = self._packed(probe)
+                padded = self._last_hidden(ids.to(device), last.to(device)).float()
+                packed = self._last_hidden_packed(probe).float()
                 cosine = float(torch.nn.functional.cosine_similarity(padded, packed, dim=-1).min())
         except Exception as exc:
             self.decoder.set_attn_implementation(previous)

@@ -102,7 +102,7 @@ def varlen_causal_attention(
     Returns:
         (1, T, H, D), the layout transformers' attention functions return.
     """
-    # (1, H, T, D) -> (T, H, D): a view of the projection's (T, H, D) layout, no copy.
+    # (1, H, T, D) -> (T, H, D) views, no copy: the kernel takes any strides but the last.
     q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))
     if q.is_cuda:  # packing is only switched on where flash_varlen_available() said yes
         out = torch.ops.aten._flash_attention_forward(
@@ -136,20 +136,14 @@ def packed_or_sdpa(module: Any, query: torch.Tensor, key: torch.Tensor, value: t
     return varlen_causal_attention(query, key, value, cu, kwargs["max_length_q"], scaling), None
 
 
-def use_packed_attention(decoder: Any) -> str:
-    """Register :data:`PACKED_ATTENTION` (idempotent) and switch ``decoder`` to it.
-
-    Returns:
-        The decoder's previous attention implementation (to switch back if packing is refused).
-    """
+def use_packed_attention(decoder: Any) -> None:
+    """Register :data:`PACKED_ATTENTION` (idempotent) and switch ``decoder`` (an SDPA model) to it."""
     from transformers import AttentionInterface, AttentionMaskInterface
     from transformers.masking_utils import sdpa_mask
 
     AttentionInterface.register(PACKED_ATTENTION, packed_or_sdpa)
     AttentionMaskInterface.register(PACKED_ATTENTION, sdpa_mask)
-    previous = str(decoder.config._attn_implementation)
     decoder.set_attn_implementation(PACKED_ATTENTION)
-    return previous
 
 
 def packed_inputs(packed: PackedBatch, device: torch.device) -> tuple[dict[str, Any], torch.Tensor]:

@@ -92,6 +92,9 @@ class PairScoringBackend(Protocol):
         ``max_length`` when ``truncate`` is False."""
         ...
 
+    @property
+    def packs_bulk(self) -> bool: ...
+
     def launch(self, batch: list[Any], lane: str) -> HostResult: ...
 
     def forward(self, batch: list[Any], lane: str) -> np.ndarray: ...
@@ -373,8 +376,10 @@ class CrossEncoderPairScorer:
 class BiEncoderScorer:
     """A sentence-transformers embedding model used for reranking by cosine; runs the embedding backend."""
 
-    #: Bulk batches run padded (packing is for the text decoders' last-token path only).
-    packs_bulk = False
+    @property
+    def packs_bulk(self) -> bool:
+        """Whether the embedding backend it runs packs its bulk batches."""
+        return self.embedder.packs_bulk
 
     def __init__(self, model_dir: Path, recipe: RerankRecipe, placement: Placement, max_length: int,
                  acceleration: AccelerationSettings | None = None) -> None:

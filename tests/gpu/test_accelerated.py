@@ -30,7 +30,7 @@ def _embed_engine(model: Path, device: str, dtype: str, graphs: str, compile_: s
     ))
 
 
-async def _vectors(engine: Any, wait: bool) -> tuple[np.ndarray, np.ndarray]:
+async def _vectors(engine: Any, wait: bool, texts: list[str] = TEXTS) -> tuple[np.ndarray, np.ndarray]:
     async with engine:
         if wait:
             decoder = engine.backend.decoder
@@ -40,7 +40,7 @@ async def _vectors(engine: Any, wait: bool) -> tuple[np.ndarray, np.ndarray]:
             assert info["graphs"] == "ready", info
             assert info["compiled_graphs"] == "ready", info
             assert info["compile"] == "ready", info
-        batch = (await engine.embed(TEXTS, input_type="document")).vectors  # bulk lane: compiled
+        batch = (await engine.embed(texts, input_type="document")).vectors  # bulk lane: compiled
         alone = np.stack([(await engine.embed([t], input_type="query")).vectors[0] for t in TEXTS[:6]])  # graphs
         if wait:
             # Every query fits the 1x64 compiled bucket: none may have taken another path.
@@ -142,14 +142,17 @@ def test_a_bulk_forward_never_synchronises_the_device() -> None:
 def test_packed_bulk_batches_agree_with_padded_ones(tiny_qwen3_embedding: Path, compile_: str) -> None:
     """FlashAttention-2's varlen kernel on packed bulk batches (eager, then inside the compiled layer) against
     the padded eager path in bf16 and fp32 on the CPU."""
+    # Texts up to ~900 tokens: the kernel's max length takes several power-of-two values (64 ... 1024).
+    texts = [*TEXTS, *("passage about long documents " * n for n in (30, 90, 180))]
     packed_engine = _embed_engine(tiny_qwen3_embedding, "cuda:0", "bfloat16", compile_, compile_, packing="on")
     decoder = packed_engine.backend.decoder
     assert decoder.info()["bulk_packing"] == "on", decoder.info()
-    packed, _ = asyncio.run(_vectors(packed_engine, wait=compile_ == "on"))
+    packed, _ = asyncio.run(_vectors(packed_engine, wait=compile_ == "on", texts=texts))
     if compile_ == "on":
         assert decoder.info().get("compiled_layer_fallbacks") == 0, decoder.info()
     padded, _ = asyncio.run(_vectors(_embed_engine(tiny_qwen3_embedding, "cuda:0", "bfloat16", "off", "off"),
-                                     wait=False))
-    ref, _ = asyncio.run(_vectors(_embed_engine(tiny_qwen3_embedding, "cpu", "float32", "off", "off"), wait=False))
+                                     wait=False, texts=texts))
+    ref, _ = asyncio.run(_vectors(_embed_engine(tiny_qwen3_embedding, "cpu", "float32", "off", "off"), wait=False,
+                                  texts=texts))
     assert np.sum(packed * padded, axis=1).min() >= 0.999
     assert np.sum(packed * ref, axis=1).min() >= np.sum(padded * ref, axis=1).min() - 1e-3

@@ -1,4 +1,4 @@
-"""The GPU utilization sampler: parsing a sampling process's lines, the summary, and CPU runs sampling nothing."""
+"""The GPU utilization sampler: parsing a sampling process's lines, the summary, CPU runs and empty runs."""
 
 from __future__ import annotations
 
@@ -32,5 +32,6 @@ def test_cpu_device_and_missing_tool_sample_nothing() -> None:
     assert utilization_note(None) == ""
     with GpuUtilizationSampler(["/nonexistent/nvidia-smi"]) as missing:
         pass
-    assert missing.summary() is None
+    assert missing.summary() == {"samples": 0}  # a GPU run that read nothing says so
+    assert utilization_note(missing.summary()) == "; GPU utilization: no samples (nvidia-smi read nothing)"
     assert summarize_utilization([]) is None

@@ -105,6 +105,19 @@ def test_packing_is_refused_with_a_reason_and_the_model_left_as_it_was(monkeypat
     assert not wrong.packing
     assert wrong.info()["bulk_packing"].startswith("off (probe disagrees with the padded forward (cosine")
     assert model.config._attn_implementation == "sdpa"
+    # A reranker's head reduces each text to one score; with a large shared offset a cosine over the scores
+    # would pass the broken forward above, so the probe compares the hidden states before the head.
+    scored = random_qwen3_causal_lm("tiny").model.eval()
+    scorer = LastTokenDecoder(scored, placement, PAD, lambda h: h.sum(-1) * 0.01 + 50.0, PACKING, 512)
+    assert not scorer.packing
+    assert scorer.info()["bulk_packing"].startswith("off (probe disagrees")
+
+    eager = random_qwen3_causal_lm("tiny").model.eval()
+    eager.set_attn_implementation("eager")
+    refused_eager = LastTokenDecoder(eager, choose_placement("cpu", "float32", "eager"), PAD, None, PACKING, 512)
+    assert refused_eager.info()["bulk_packing"] == "off (the model runs eager attention; packing replaces SDPA only)"
+    assert eager.config._attn_implementation == "eager"
+
     off = LastTokenDecoder(random_qwen3_causal_lm("tiny").model.eval(), placement, PAD, None,
                            AccelerationSettings(), 512)
     assert off.info()["bulk_packing"] == "off"
