@@ -105,6 +105,8 @@ class Config:
     out_dir: Path
     time_budget_s: float
     smoke: bool
+    #: (a') also compiles and times the query buckets (1/4/8 x query tokens; ~40-50 s of compilation each).
+    ceiling_queries: bool = True
     started: float = field(default_factory=time.monotonic)
 
     def elapsed(self) -> float:
@@ -226,7 +228,11 @@ def bench_accelerated_forward(model_dir: Path, cfg: Config, mean_len: int, word_
     # Compiled graphs for exactly the query shapes measured below (each cost 37-46 s of cold compilation on the
     # H200, 2026-12-04).
     q = cfg.query_tokens
-    acceleration = AccelerationSettings(compile_cache_dir=cache, compiled_graph_buckets=((1, q), (4, q), (8, q)))
+    # Packing on: the same decoder also times packed (padding-free) batches of the same tokens.
+    acceleration = AccelerationSettings(
+        compile_cache_dir=cache, compiled_graph_buckets=((1, q), (4, q), (8, q)) if cfg.ceiling_queries else (),
+        bulk_packing="on",
+    )
     decoder = LastTokenDecoder(model, placement, 151643, None, acceleration, cfg.max_length, name="bench")
     decoder.start()
     decoder.wait(900)
@@ -273,6 +279,9 @@ def bench_accelerated_forward(model_dir: Path, cfg: Config, mean_len: int, word_
                 set_compiled(True)
                 row["compiled_tokens_per_s"], _ = timed(lambda ids=ids, last=last, d=decoder: d._pooled(ids, last),
                                                         n * length)
+            if decoder.packing:  # the same texts packed into one row (host packing and copies included)
+                texts = ids.tolist()
+                row["packed_tokens_per_s"], _ = timed(lambda texts=texts, d=decoder: d._packed(texts), n * length)
             rows.append(row)
             log(f"(a') {n}x{length}: {row}")
         queries: dict[str, Any] = {}
@@ -949,8 +958,10 @@ def markdown(results: dict[str, Any]) -> str:
         acc = r.get("accelerated", {})
         for row in acc.get("rows", []):
             comp = row.get("compiled_tokens_per_s")
+            packed = (f"; packed into one row {row['packed_tokens_per_s']:,.0f} tokens/s"
+                      if row.get("packed_tokens_per_s") else "")
             lines.append(f"| {shape} | (a') server forward {row['batch']}x{row['length']}, compiled | "
-                         f"{comp:,.0f} | eager same path {row['eager_tokens_per_s']:,.0f} tokens/s |" if comp else
+                         f"{comp:,.0f} | eager same path {row['eager_tokens_per_s']:,.0f} tokens/s{packed} |" if comp else
                          f"| {shape} | (a') server forward {row['batch']}x{row['length']}, eager (no compile) | "
                          f"{row['eager_tokens_per_s']:,.0f} | |")
         for name, q in acc.get("queries", {}).items():
@@ -1116,6 +1127,8 @@ def build_config(argv: list[str] | None) -> Config:
                    help="earlier embed_throughput.json: its parts that this run does not redo are kept")
     p.add_argument("--out-dir", type=Path, default=RESULTS_DIR)
     p.add_argument("--time-budget-s", type=float, default=510.0, help="skip remaining parts after this")
+    p.add_argument("--no-ceiling-queries", dest="ceiling_queries", action="store_false",
+                   help="(a'): skip compiling and timing the query buckets (saves ~130 s of cold compilation)")
     a = p.parse_args(argv)
     server_args = [x for arg in a.server_arg for x in arg.split()]
     max_length, max_batch_tokens = int(defaults["max_length"]), int(defaults["max_batch_tokens"])
@@ -1137,7 +1150,7 @@ def build_config(argv: list[str] | None) -> Config:
         min_tokens=a.min_tokens, max_tokens=a.max_tokens, seed=a.seed, concurrency=a.concurrency,
         client_batch=a.client_batch, query_tokens=a.query_tokens, query_rps=a.query_rps,
         query_seconds=a.query_seconds, raw_seconds=a.raw_seconds, st_batch_sizes=a.st_batch_sizes,
-        st_corpus_size=a.st_corpus_size, variants=a.variant, variant_parts=a.variant_parts, merge_from=a.merge_from,
+        st_corpus_size=a.st_corpus_size, ceiling_queries=a.ceiling_queries, variants=a.variant, variant_parts=a.variant_parts, merge_from=a.merge_from,
         max_length=max_length, max_batch_tokens=max_batch_tokens, server_args=server_args, out_dir=a.out_dir,
         time_budget_s=a.time_budget_s, smoke=a.smoke,
     )
