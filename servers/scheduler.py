@@ -391,14 +391,9 @@ class TokenBudgetScheduler(Generic[P, R]):
         the oldest items whose tokens fit the budget, see :meth:`enable_packing`)."""
         limits = self.limits
         window = min(len(state.queue), CANDIDATE_WINDOW_PER_BATCH_SLOT * limits.max_batch_size)
-        candidates: list[_Item[P, R]] = []
-        dropped = 0
-        for _ in range(window):
-            item = state.queue.popleft()
-            if item.request.live:
-                candidates.append(item)
-            else:
-                dropped += 1
+        popleft = state.queue.popleft
+        candidates = [item for item in [popleft() for _ in range(window)] if item.request.live]
+        dropped = window - len(candidates)
         if dropped:
             self._queued_items -= dropped
             self._observer.observe_dropped(state.name, dropped)
@@ -406,20 +401,21 @@ class TokenBudgetScheduler(Generic[P, R]):
             return []
         if self._packs(state):
             return self._take_packed(state, candidates)
-        anchor = candidates[0]
-        ordered = sorted(candidates, key=lambda it: (it.tokens, it.seq))
-        lo = hi = ordered.index(anchor)
-        longest = anchor.tokens
+        # Positions in length order; the sort is stable and candidates are in arrival order, so equal
+        # lengths keep arrival order. Integers and a C-level key: this runs on the event loop for every
+        # batch (the sort of item objects was ~3% of the GIL under bulk load on the H200).
+        tokens = [it.tokens for it in candidates]
+        ordered = sorted(range(len(candidates)), key=tokens.__getitem__)
+        lo = hi = ordered.index(0)  # the oldest candidate anchors the batch
+        anchor_tokens = longest = tokens[0]
         # Grow a window in length order around the anchor, always taking the neighbour closest in length.
         while hi - lo + 1 < limits.max_batch_size:
-            left = ordered[lo - 1] if lo > 0 else None
-            right = ordered[hi + 1] if hi + 1 < len(ordered) else None
+            left = tokens[ordered[lo - 1]] if lo > 0 else None
+            right = tokens[ordered[hi + 1]] if hi + 1 < len(ordered) else None
             if left is None and right is None:
                 break
-            take_right = right is not None and (
-                left is None or (right.tokens - anchor.tokens) <= (anchor.tokens - left.tokens)
-            )
-            new_longest = max(longest, right.tokens) if take_right and right else longest
+            take_right = right is not None and (left is None or right - anchor_tokens <= anchor_tokens - left)
+            new_longest = max(longest, right) if take_right and right is not None else longest
             if (hi - lo + 2) * new_longest > limits.max_batch_tokens:
                 if take_right and left is not None and (hi - lo + 2) * longest <= limits.max_batch_tokens:
                     lo -= 1
@@ -430,11 +426,11 @@ class TokenBudgetScheduler(Generic[P, R]):
                 longest = new_longest
             else:
                 lo -= 1
-        chosen = {id(it) for it in ordered[lo : hi + 1]}
-        batch = [it for it in candidates if id(it) in chosen]
+        chosen = sorted(ordered[lo : hi + 1])
+        batch = [candidates[i] for i in chosen]
         # Put back the rest in their original (FIFO) order.
-        for item in reversed([it for it in candidates if id(it) not in chosen]):
-            state.queue.appendleft(item)
+        taken = set(chosen)
+        state.queue.extendleft(reversed([it for i, it in enumerate(candidates) if i not in taken]))
         self._queued_items -= len(batch)
         self._observer.observe_queue(state.name, len(state.queue))
         return batch
