@@ -68,9 +68,11 @@ FLAG_HELP: dict[str, str] = {
     "compiled_graph_buckets": "query buckets BATCHxLENGTH (comma-separated; 'off': none) that also get a static "
                               "torch.compile of the whole forward captured as a CUDA graph (needs --compile); "
                               "about 50 s of cold compilation each on an H200, in the background",
-    "bulk_packing": "on, off: run bulk batches padding-free, texts back to back in one row with variable-length "
-                    "attention (FlashAttention-2 varlen on CUDA compute capability >= 8.0; Qwen3-style text decoders); "
-                    "refused with a reason in /info where the model or device cannot, or a start-up probe disagrees",
+    "bulk_packing": "auto (on for CUDA with FlashAttention-2's varlen kernel, compute capability >= 8.0, fp16/bf16), "
+                    "on, off: run bulk batches padding-free, texts back to back in one row with variable-length "
+                    "attention (causal last-token text decoders); refused with a reason in /info where the model "
+                    "cannot, or a start-up probe disagrees with padded batches; 'on' also packs on CPU (exact, "
+                    "not faster)",
     "compile_cache_dir": "inductor's on-disk cache, so a restart compiles warm (default ~/.cache/rag-plugins/inductor)",
     "prompt_template": "rerank (yes/no models): JSON file {prefix, middle, suffix, default_instruction?, empty_side?} "
                        "replacing the recipe's prompt; middle holds {instruction}, {query} and {doc}",

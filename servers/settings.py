@@ -106,7 +106,7 @@ class ServerSettings:
     compile_cache_dir: str | None = None
     compiled_graph_buckets: tuple[str, ...] = DEFAULT_COMPILED_GRAPH_BUCKETS
     # Text embed / rerank: bulk batches padding-free (packed), where the model and the device allow it.
-    bulk_packing: str = "off"
+    bulk_packing: str = "auto"
     # Search server (search): the Milvus collection it holds and the model servers it calls.
     milvus_uri: str | None = None
     collection: str | None = None
@@ -133,8 +133,8 @@ class ServerSettings:
         for name in ("cuda_graphs", "compile"):
             if getattr(self, name) not in ("auto", "on", "off"):
                 problems.append(f"{name} must be 'auto', 'on' or 'off'")
-        if self.bulk_packing not in ("on", "off"):
-            problems.append("bulk_packing must be 'on' or 'off'")
+        if self.bulk_packing not in ("auto", "on", "off"):
+            problems.append("bulk_packing must be 'auto', 'on' or 'off'")
         if self.cuda_graph_max_batch < 1 or self.cuda_graph_max_length < 1:
             problems.append("cuda_graph_max_batch and cuda_graph_max_length must be >= 1")
         try:

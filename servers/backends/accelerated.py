@@ -82,8 +82,10 @@ class AccelerationSettings:
         compile_cache_dir: Inductor's on-disk cache (None: :data:`DEFAULT_COMPILE_CACHE`).
         compiled_graph_buckets: (batch, length) buckets that get a static compiled forward captured as a
             CUDA graph (needs both graphs and compilation on).
-        bulk_packing: ``on``: bulk batches run packed, padding-free (:mod:`servers.backends.packed`), where
-            the decoder and the device allow it and a probe agrees with the padded forward; ``off``.
+        bulk_packing: ``auto`` (default): bulk batches run packed, padding-free (:mod:`servers.backends.packed`)
+            on CUDA devices with FlashAttention-2's varlen kernel, where the decoder allows it and a probe
+            agrees with the padded forward; ``on``: the same anywhere (the CPU runs a per-text reference,
+            exact but not faster), with a warning when refused; ``off``.
     """
 
     cuda_graphs: str = "auto"
@@ -92,7 +94,7 @@ class AccelerationSettings:
     graph_max_length: int = 512
     compile_cache_dir: str | None = None
     compiled_graph_buckets: tuple[tuple[int, int], ...] = parse_graph_buckets(DEFAULT_COMPILED_GRAPH_BUCKETS)
-    bulk_packing: str = "off"
+    bulk_packing: str = "auto"
 
     @classmethod
     def from_settings(cls, settings: Any) -> AccelerationSettings:
@@ -292,12 +294,18 @@ class LastTokenDecoder:
         }
         self.packing = False
         self._stats["bulk_packing"] = "off"
-        if acceleration.bulk_packing == "on":
+        mode = acceleration.bulk_packing
+        if mode == "auto" and not (cuda and flash_varlen_available(placement.device, placement.dtype)):
+            self._stats["bulk_packing"] = "off (auto: CUDA with FlashAttention-2's varlen kernel only)"
+        elif mode in ("auto", "on"):
             refusal = self._enable_packing()
             self.packing = refusal is None
             self._stats["bulk_packing"] = "on" if refusal is None else f"off ({refusal})"
             if refusal is not None:
-                logger.warning("%s: bulk packing refused: %s", name, refusal)
+                # Asked for explicitly, a refusal is worth a warning; under auto it is the expected case
+                # for models that cannot pack (Qwen3-VL's text model, sliding windows, other attentions).
+                log = logger.warning if mode == "on" else logger.info
+                log("%s: bulk packing refused: %s", name, refusal)
 
     # ------------------------------------------------------------------------------------------- forward
     def _pooled(self, ids: torch.Tensor, last: torch.Tensor) -> torch.Tensor:

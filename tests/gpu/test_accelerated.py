@@ -112,7 +112,7 @@ def test_a_bulk_forward_never_synchronises_the_device() -> None:
     from testkit.random_models import random_qwen3_causal_lm
 
     placement = choose_placement("cuda:0", "bfloat16", "sdpa")
-    off = AccelerationSettings(cuda_graphs="off", compile="off")
+    off = AccelerationSettings(cuda_graphs="off", compile="off", bulk_packing="off")
     padded_model = random_qwen3_causal_lm("tiny", device="cuda:0", dtype="bfloat16").model.eval()
     padded = LastTokenDecoder(padded_model, placement, 151643, None, off, 512)
     packed_model = random_qwen3_causal_lm("tiny", device="cuda:0", dtype="bfloat16").model.eval()

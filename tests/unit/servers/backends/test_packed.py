@@ -119,5 +119,10 @@ def test_packing_is_refused_with_a_reason_and_the_model_left_as_it_was(monkeypat
     assert eager.config._attn_implementation == "eager"
 
     off = LastTokenDecoder(random_qwen3_causal_lm("tiny").model.eval(), placement, PAD, None,
-                           AccelerationSettings(), 512)
+                           AccelerationSettings(bulk_packing="off"), 512)
     assert off.info()["bulk_packing"] == "off"
+    # The default, auto, packs only on CUDA with the varlen kernel: the CPU keeps padded batches.
+    auto = LastTokenDecoder(random_qwen3_causal_lm("tiny").model.eval(), placement, PAD, None,
+                            AccelerationSettings(), 512)
+    assert not auto.packing
+    assert auto.info()["bulk_packing"] == "off (auto: CUDA with FlashAttention-2's varlen kernel only)"
