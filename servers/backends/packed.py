@@ -14,9 +14,10 @@ unchanged.
 
 Kernels: on CUDA in fp16/bf16 with compute capability >= 8.0, FlashAttention-2's variable-length kernel
 (``aten::_flash_attention_forward`` with cumulative lengths, grouped-query heads native); elsewhere a
-reference that runs SDPA once per text (exact; for tests and CPUs, no speed gain there). Whether packing is
-faster on a given GPU is a measurement (``bench.embed_throughput --variant='--bulk-packing on'``);
-the switch is ``--bulk-packing``, off by default until that measurement says otherwise.
+reference that runs SDPA once per text (exact; for tests and CPUs, no speed gain there). The switch is
+``--bulk-packing`` (default ``auto``: CUDA with the varlen kernel). On the H200 run of 2026-12-05 (0.6B shape,
+bf16) packing took the server's bulk load from 347,075 to 376,221 tokens/s, and the same tokens ran
+1.04-1.07x faster packed than padded in the compiled forward alone (``bench.embed_throughput`` (a')).
 """
 
 from __future__ import annotations
