@@ -27,6 +27,11 @@ rerankers) runs its batches through :class:`LastTokenDecoder`:
   The dynamic compiled layers are never captured (on the H200 run of 2026-12-02 each such call inside a
   capture fell back to eager); the compiled graphs above are static-shape compilations of their own. Needs
   Triton (compute capability >= 7.0);
+* **packed bulk batches** (``--bulk-packing``, default ``auto``: CUDA with FlashAttention-2's varlen
+  kernel): a bulk batch runs as one row of its texts back to back, no padding
+  (:mod:`servers.backends.packed`), through the same (compiled) layers; the priority lane stays padded;
+* every forward hands the decoder a ready, empty mask mapping where the model takes one
+  (:func:`mask_free_kwargs`): transformers' own mask building synchronised the device once per forward;
 * order of the background work: eager graphs (seconds), then the compiled graphs, then the regional
   compilation (the compiled graphs are traced before the layers are wrapped for it);
 * until a bucket is captured or the compilation is done, that work runs eager: start-up is never blocked.
