@@ -17,7 +17,8 @@ What it does, following BEIR / MTEB (which give all-MiniLM-L6-v2 on SciFact test
 * metrics computed here with the definitions of ``trec_eval`` / ``pytrec_eval`` (see :func:`ndcg_at_k`,
   :func:`recall_at_k`), averaged over the queries that have judgements.
 
-Writes ``bench/results/beir_<dataset>_<model>.json`` and prints a table. The data set is only read, never
+Writes ``~/.cache/rag-plugins/scifact-results/beir_eval_<model>.json`` (``--output``; outside the checkout,
+which holds nothing derived from the data set) and prints a table. The data set is only read, never
 copied into the repository.
 """
 
@@ -41,8 +42,9 @@ import numpy as np
 from bench.server_process import get_json, rag_serve
 from rag_plugins.protocol import InputType
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
-REPO_ROOT = RESULTS_DIR.parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[1]
+#: Default output folder: outside the checkout, which holds nothing derived from the data set.
+SCIFACT_RESULTS_DIR = Path.home() / ".cache" / "rag-plugins" / "scifact-results"
 MINILM_ALIAS = "minilm"
 MINILM_NAME = "all-MiniLM-L6-v2"
 
@@ -256,7 +258,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=8, help="requests in flight")
     parser.add_argument("--keep-identical-ids", action="store_true", help="do not drop doc id == query id hits")
     parser.add_argument("--output", type=Path, default=None,
-                        help="metrics JSON path (default bench/results/beir_eval_<model>.json; no data is written)")
+                        help="metrics JSON path (default ~/.cache/rag-plugins/scifact-results/beir_eval_<model>.json, "
+                             "outside the checkout; no data is written)")
     args = parser.parse_args(argv)
     if args.data.resolve().is_relative_to(REPO_ROOT):
         # Benchmark data is read in place from outside the checkout (e.g. ../shared/data), never kept in it.
@@ -305,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
         "host": platform.node(),
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    output = args.output or RESULTS_DIR / f"beir_eval_{_safe(model_name)}.json"
+    output = args.output or SCIFACT_RESULTS_DIR / f"beir_eval_{_safe(model_name)}.json"
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(result, indent=2) + "\n")
 

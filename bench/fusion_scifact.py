@@ -29,7 +29,7 @@ The functions (:func:`load_subset`, :func:`fusion_rows`, :func:`markdown_table`,
 drive ``notebooks/02_fusion_ablation.ipynb`` on a small subset read the same way.
 
 The data is read in place (``--data`` inside the repository is refused) and nothing derived from it is kept
-on disk: the corpus is embedded on every run. Writes metrics only to ``bench/results/fusion_scifact.json``
+on disk: the corpus is embedded on every run. Writes metrics only, to ``~/.cache/rag-plugins/scifact-results/fusion_scifact.json`` (``--out``; outside the checkout)
 and ``.md`` and prints the table.
 """
 
@@ -54,8 +54,10 @@ import numpy as np
 from bench.beir_eval import _server, embed_all, evaluate, exact_search, load_beir, read_jsonl
 from rag_plugins.milvus.fusion import Fusion
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
-REPO_ROOT = RESULTS_DIR.parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[1]
+#: Where SciFact runs write their metrics by default: outside the checkout, like the data they come from
+#: (the repository holds nothing derived from SciFact).
+SCIFACT_RESULTS_DIR = Path.home() / ".cache" / "rag-plugins" / "scifact-results"
 #: Where the data lives: beside the checkout, never inside it.
 DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data" / "scifact"
 FULL_COMMAND = "python -m bench.fusion_scifact --data ../shared/data/scifact --rerank-depth 10"
@@ -374,7 +376,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p.add_argument("--rerank-depth", type=int, default=DEFAULT_RERANK_DEPTH,
                    help="top entries of each list reranked (0: no rerank stage)")
     p.add_argument("--no-store", action="store_true", help="skip the MultiVectorMilvusStore runs")
-    p.add_argument("--out", default=str(RESULTS_DIR / "fusion_scifact"))
+    p.add_argument("--out", default=str(SCIFACT_RESULTS_DIR / "fusion_scifact"),
+                   help="output stem (.json and .md); default outside the checkout, which holds nothing SciFact")
     args = p.parse_args(argv)
     try:
         data = load_scifact(args.data)
@@ -411,6 +414,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
               "env": {"python": platform.python_version()}, "results": rows}
     if args.out:
         out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
         out.with_suffix(".json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
         cmd = "python -m bench.fusion_scifact " + " ".join(sys.argv[1:] if argv is None else argv)
         rerank = (f"Rerank stage: the top {args.rerank_depth} of each list reordered by all-MiniLM-L6-v2 served "
