@@ -358,25 +358,34 @@ async def _pipelined_six(launch: Any, run_batch: Any = _times_ten) -> list[int]:
 
 
 async def test_pipelined_bulk_lane_launches_next_batch_before_collecting_and_keeps_results() -> None:
-    """With pipelining the bulk worker launches batch k+1 before it collects batch k; answers stay exact."""
+    """With pipelining the bulk worker hands batch k+1 to the model thread before it collects batch k.
+
+    Collecting batch 1 waits (bounded) for launch 2 to start: a worker that collected before launching the
+    next batch would time out here. Waiting, not comparing event order, keeps the test free of thread
+    scheduling luck (on a loaded 2-core machine the collector may run before the model thread wakes up).
+    """
     events: list[str] = []
+    second_launch_started = threading.Event()
 
     def launch(payloads: list[int], lane: str):  # type: ignore[no-untyped-def]
         events.append(f"launch{payloads}")
+        if payloads[0] == 3:
+            second_launch_started.set()
 
         def collect() -> list[int]:
+            if payloads[0] == 1:
+                assert second_launch_started.wait(WAIT_S), "batch 2 was not launched before batch 1 was collected"
             events.append(f"collect{payloads}")
             return [p * 10 for p in payloads]
 
         return collect
 
     assert await _pipelined_six(launch) == [10, 20, 30, 40, 50, 60]
-    launches = [i for i, e in enumerate(events) if e.startswith("launch")]
-    collects = [i for i, e in enumerate(events) if e.startswith("collect")]
-    assert len(launches) == 3
-    assert len(collects) == 3
-    # The second batch is launched before the first is collected.
-    assert launches[1] < collects[0]
+    launches = [e for e in events if e.startswith("launch")]
+    collects = [e for e in events if e.startswith("collect")]
+    assert launches == ["launch[1, 2]", "launch[3, 4]", "launch[5, 6]"]
+    assert collects == ["collect[1, 2]", "collect[3, 4]", "collect[5, 6]"]
+    assert events.index("launch[3, 4]") < events.index("collect[1, 2]")
 
 
 async def test_pipelined_model_thread_goes_from_launch_to_launch_while_results_are_collected_elsewhere() -> None:
