@@ -264,7 +264,7 @@ class DecoderPairScorer:
     def tokenize_pairs(self, pairs: list[tuple[str, str]], instruction: str) -> list[EncodedInput]:
         """Format and tokenize pairs; only the middle part is truncated (prefix/suffix always whole)."""
         middles = [self.template.format_middle(instruction, q, d) for q, d in pairs]
-        encoded = self._tokenizer.get()(middles, add_special_tokens=False)["input_ids"]
+        encoded = self._tokenizer.encode_ids(middles, add_special_tokens=False)
         fixed = len(self.prefix_ids) + len(self.suffix_ids)
         out: list[EncodedInput] = []
         for ids in encoded:

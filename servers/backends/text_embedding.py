@@ -179,8 +179,7 @@ class LastTokenEmbedder:
     def tokenize(self, texts: list[str]) -> list[TokenizedText]:
         # add_special_tokens=True keeps whatever the tokenizer's post-processor adds (the official
         # Qwen3-Embedding tokenizer appends <|endoftext|>); _terminate appends it where a copy does not.
-        encoded = self._tokenizer.get()(texts, add_special_tokens=True)["input_ids"]
-        return [self.prepare_ids(ids) for ids in encoded]
+        return [self.prepare_ids(ids) for ids in self._tokenizer.encode_ids(texts, add_special_tokens=True)]
 
     def forward(self, batch: Sequence[Sequence[int]], lane: str) -> np.ndarray:
         """Embed a batch. Returns float32 (n, dim), not normalised."""
@@ -250,8 +249,8 @@ class SentenceTransformerEmbedder:
         return TokenizedText(ids=kept, original_length=original)
 
     def tokenize(self, texts: list[str]) -> list[TokenizedText]:
+        full = self._tokenizer.encode_ids(texts, add_special_tokens=True)
         tok = self._tokenizer.get()
-        full = tok(texts, add_special_tokens=True)["input_ids"]
         out: list[TokenizedText] = []
         for text, ids in zip(texts, full, strict=True):
             if len(ids) <= self.max_length:

@@ -33,6 +33,37 @@ class ThreadLocalTokenizer:
             self._local.tokenizer = tok
         return tok
 
+    def encode_ids(self, texts: list[str], *, add_special_tokens: bool = True) -> list[list[int]]:
+        """Token ids per text: what ``tokenizer(texts, add_special_tokens=...)["input_ids"]`` returns.
+
+        A fast tokenizer is called through its Rust backend's ``encode_batch_fast`` (no offsets), and only
+        the ids are read back. The Hugging Face call builds a dict per text in Python (attention mask,
+        offsets, encodings), and under load that Python held the GIL for about twice as long per batch
+        (measured against a spinning thread: 2.4 against 1.2 ms per 62 texts of 220 words on this machine's
+        CPU). The thread's backend is put in the state that call would put it in first: no truncation, no
+        padding (an earlier truncating call leaves them set), and the tokenizer's ``split_special_tokens``.
+
+        Args:
+            texts: n strings.
+            add_special_tokens: as in the Hugging Face call (the post-processor's BOS/EOS/CLS/SEP).
+
+        Returns:
+            n lists of token ids.
+        """
+        tok = self.get()
+        backend = getattr(tok, "backend_tokenizer", None) if getattr(tok, "is_fast", False) else None
+        if backend is None:
+            return [list(ids) for ids in tok(texts, add_special_tokens=add_special_tokens)["input_ids"]]
+        if backend.truncation is not None:
+            backend.no_truncation()
+        if backend.padding is not None:
+            backend.no_padding()
+        split = bool(getattr(tok, "split_special_tokens", False))
+        if backend.encode_special_tokens != split:
+            backend.encode_special_tokens = split
+        encode = getattr(backend, "encode_batch_fast", None) or backend.encode_batch
+        return [encoding.ids for encoding in encode(texts, add_special_tokens=add_special_tokens)]
+
 
 #: Decoder layers a bulk thread may launch ahead of the GPU (enough to keep it busy, few enough that a
 #: query's kernels wait behind little bulk work).
