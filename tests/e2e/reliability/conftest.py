@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from servers.process import free_port
+from servers.process import free_ports
 from servers.supervisor import pid_alive
 from tests.e2e.mm_fixtures import MM_MAX_PIXELS, MM_MIN_PIXELS
 from tests.support.serve import REPO_ROOT
@@ -94,7 +94,7 @@ def cpu_stack(
 ) -> Iterator[Stack]:
     """``rag-serve up`` of MiniLM text + tiny GME multimodal + tiny Qwen3 reranker on CPU, one API key."""
     base = tmp_path_factory.mktemp("rel-stack")
-    ports = {"text": free_port(), "images": free_port(), "rerank": free_port()}
+    ports = dict(zip(("text", "images", "rerank"), free_ports(3), strict=True))
     common = f"device: cpu, api_key: {API_KEY}, drain_grace_s: 10"
     write_stack(
         base / "stack.yaml",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -483,7 +484,17 @@ async def test_stopping_while_a_pipelined_batch_is_collected_answers_its_request
     await scheduler.start()
     request = asyncio.create_task(scheduler.submit([1, 2], [1, 1], priority=False))
     assert await asyncio.to_thread(collecting.wait, WAIT_S)
-    threading.Timer(0.2, release.set).start()  # lets the collector thread end, so stop() can join it
+    worker = scheduler._lanes["bulk"].tasks[0]
+
+    def release_once_the_worker_is_stopped() -> None:
+        # The collector may only finish after stop() has cancelled the worker (else the batch would simply be
+        # delivered); stop() then joins the collector thread, so this must come from a thread of its own.
+        deadline = time.monotonic() + WAIT_S
+        while not worker.done() and time.monotonic() < deadline:
+            time.sleep(0.005)
+        release.set()
+
+    threading.Thread(target=release_once_the_worker_is_stopped, daemon=True).start()
     await scheduler.stop()
     with pytest.raises(ServingError, match="shutting down"):
         await asyncio.wait_for(request, WAIT_S)
