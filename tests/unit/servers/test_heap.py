@@ -31,10 +31,14 @@ def test_freeze_moves_live_objects_out_of_collections_and_collects_garbage_first
     alive = [_Cycle() for _ in range(100)]
     heap = HeapFreezer()
     heap.freeze("engine ready")
-    assert heap.frozen_objects == gc.get_freeze_count() >= 100
+    # Other threads of the test process (Milvus Lite's gRPC, servers' clients) may free frozen objects at any
+    # time, and one freed by its reference count leaves the count: the count can only drift down, a little.
+    recorded = heap.freezes[0]["objects"]
+    now = heap.frozen_objects
+    assert recorded >= now >= 100
+    assert recorded - now < 1_000
     assert not any(type(o) is _Cycle for o in gc.get_objects())  # frozen objects are out of every generation
     assert heap.freezes[0]["reason"] == "engine ready"
-    assert heap.freezes[0]["objects"] == gc.get_freeze_count()
     heap.unfreeze()
     assert gc.get_freeze_count() == 0
     # The cyclic garbage was collected before the freeze: unfrozen, only the live ones come back.
@@ -74,14 +78,19 @@ def test_a_second_freeze_follows_the_end_of_acceleration_once() -> None:
 
 def test_gc_pauses_reach_the_histogram_at_scrape_time_and_stop_when_removed() -> None:
     metrics = ServerMetrics()
-    metrics.gc_pauses.install()
-    metrics.gc_pauses.install()  # idempotent: one callback, not two
+    # Automatic collections (another thread allocating) would add to the counts: only the explicit ones run.
+    gc.disable()
     try:
-        gc.collect()
-        gc.collect(0)
+        metrics.gc_pauses.install()
+        metrics.gc_pauses.install()  # idempotent: one callback, not two
+        try:
+            gc.collect()
+            gc.collect(0)
+        finally:
+            metrics.gc_pauses.remove()
+        gc.collect()  # after removal: not recorded
     finally:
-        metrics.gc_pauses.remove()
-    gc.collect()  # after removal: not recorded
+        gc.enable()
     text = metrics.render().decode()
     assert 'rag_gc_pause_seconds_count{generation="2"} 1.0' in text
     assert 'rag_gc_pause_seconds_count{generation="0"} 1.0' in text
