@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from bench.embed_throughput import add_bulk_load_arguments
 from servers.scheduler import BatchLimits, Lane, TokenBudgetScheduler
 from servers.settings import DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_BATCH_TOKENS
 
@@ -174,11 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sync", action="store_true", help="each forward waits for the device before launching")
     p.add_argument("--packed", action="store_true", help="packed (padding-free) bulk batches")
     p.add_argument("--loop-stall-ms", type=float, default=0.0, help="event-loop stall after every 2 ms idle")
-    p.add_argument("--corpus-size", type=int, default=20_000)
-    p.add_argument("--min-tokens", type=int, default=16)
-    p.add_argument("--max-tokens", type=int, default=512)
-    p.add_argument("--concurrency", type=int, default=64)
-    p.add_argument("--client-batch", type=int, default=32)
+    add_bulk_load_arguments(p, corpus_size=20_000)
     p.add_argument("--max-batch-tokens", type=int, default=DEFAULT_MAX_BATCH_TOKENS)
     p.add_argument("--max-batch-size", type=int, default=DEFAULT_MAX_BATCH_SIZE)
     p.add_argument("--seed", type=int, default=0)

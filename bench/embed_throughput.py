@@ -1100,6 +1100,17 @@ def parse_shapes(specs: Sequence[str]) -> list[tuple[str, str, int | None]]:
     return out
 
 
+def add_bulk_load_arguments(parser: argparse.ArgumentParser, corpus_size: int) -> None:
+    """The flags of the bulk load (b) sends, shared by the benches that reproduce it: ``--concurrency``
+    clients sending ``--client-batch`` texts of ``--min-tokens``..``--max-tokens`` tokens each, until the
+    ``--corpus-size`` texts are done."""
+    parser.add_argument("--corpus-size", type=int, default=corpus_size)
+    parser.add_argument("--min-tokens", type=int, default=16)
+    parser.add_argument("--max-tokens", type=int, default=512)
+    parser.add_argument("--concurrency", type=int, default=64, help="HTTP clients in (b)")
+    parser.add_argument("--client-batch", type=int, default=32, help="texts per request in (b)")
+
+
 def build_config(argv: list[str] | None) -> Config:
     defaults = server_defaults()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -1107,12 +1118,8 @@ def build_config(argv: list[str] | None) -> Config:
     p.add_argument("--shapes", nargs="+", default=["0.6b:agbdcw", "4b:e"], help="SHAPE[:PARTS[:CORPUS_LIMIT]]")
     p.add_argument("--device", default="cuda:0")
     p.add_argument("--dtype", default="bfloat16", help="dtype of (a) and (c); the server uses its own auto choice")
-    p.add_argument("--corpus-size", type=int, default=20_000)
-    p.add_argument("--min-tokens", type=int, default=16)
-    p.add_argument("--max-tokens", type=int, default=512)
+    add_bulk_load_arguments(p, corpus_size=20_000)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--concurrency", type=int, default=64, help="HTTP clients in (b)")
-    p.add_argument("--client-batch", type=int, default=32, help="texts per request in (b)")
     p.add_argument("--query-tokens", type=int, default=32)
     p.add_argument("--query-rps", type=float, default=50.0)
     p.add_argument("--query-seconds", type=float, default=15.0)

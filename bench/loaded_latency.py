@@ -30,6 +30,7 @@ from typing import Any
 from bench.embed_throughput import (
     LOADED_PROBE_LEAD_S,
     TAIL_THRESHOLDS_MS,
+    add_bulk_load_arguments,
     bulk_load,
     loaded_probe,
     make_corpus,
@@ -132,11 +133,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="extra rag-serve flags of one server, written --variant='--no-gc-freeze --bulk-workers 2' "
                         "(--variant= : the defaults; repeatable)")
     p.add_argument("--repeats", type=int, default=2, help="runs per variant, alternating")
-    p.add_argument("--corpus-size", type=int, default=4000)
-    p.add_argument("--min-tokens", type=int, default=16)
-    p.add_argument("--max-tokens", type=int, default=512)
-    p.add_argument("--concurrency", type=int, default=64)
-    p.add_argument("--client-batch", type=int, default=32)
+    add_bulk_load_arguments(p, corpus_size=4000)
     p.add_argument("--rps", type=float, default=20.0)
     p.add_argument("--seconds", type=float, default=20.0)
     p.add_argument("--py-spy", type=Path, default=None,

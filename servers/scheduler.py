@@ -427,13 +427,9 @@ class TokenBudgetScheduler(Generic[P, R]):
             else:
                 lo -= 1
         chosen = sorted(ordered[lo : hi + 1])
-        batch = [candidates[i] for i in chosen]
-        # Put back the rest in their original (FIFO) order.
         taken = set(chosen)
-        state.queue.extendleft(reversed([it for i, it in enumerate(candidates) if i not in taken]))
-        self._queued_items -= len(batch)
-        self._observer.observe_queue(state.name, len(state.queue))
-        return batch
+        return self._settle(state, [candidates[i] for i in chosen],
+                            [it for i, it in enumerate(candidates) if i not in taken])
 
     def _packs(self, state: _LaneState[P, R]) -> bool:
         return self._packed_bulk and state.name == "bulk"
@@ -450,8 +446,12 @@ class TokenBudgetScheduler(Generic[P, R]):
                 total += item.tokens
             else:
                 rest.append(item)
-        for item in reversed(rest):
-            state.queue.appendleft(item)
+        return self._settle(state, batch, rest)
+
+    def _settle(self, state: _LaneState[P, R], batch: list[_Item[P, R]],
+                rest: list[_Item[P, R]]) -> list[_Item[P, R]]:
+        """Put ``rest`` back at the head of the queue in its (FIFO) order and account for ``batch`` leaving."""
+        state.queue.extendleft(reversed(rest))
         self._queued_items -= len(batch)
         self._observer.observe_queue(state.name, len(state.queue))
         return batch

@@ -130,11 +130,9 @@ class ServerSettings:
                 problems.append(f"{name} must be >= 1")
         if self.bulk_workers < 1:
             problems.append("bulk_workers must be >= 1")
-        for name in ("cuda_graphs", "compile"):
+        for name in ("cuda_graphs", "compile", "bulk_packing"):
             if getattr(self, name) not in ("auto", "on", "off"):
                 problems.append(f"{name} must be 'auto', 'on' or 'off'")
-        if self.bulk_packing not in ("auto", "on", "off"):
-            problems.append("bulk_packing must be 'auto', 'on' or 'off'")
         if self.cuda_graph_max_batch < 1 or self.cuda_graph_max_length < 1:
             problems.append("cuda_graph_max_batch and cuda_graph_max_length must be >= 1")
         try:

@@ -114,7 +114,7 @@ class LastTokenEmbedder:
 
     @property
     def packs_bulk(self) -> bool:
-        """Whether bulk batches run packed (``--bulk-packing on``, accepted by the decoder's probe)."""
+        """Whether bulk batches run packed (``--bulk-packing``, where the decoder's probe accepted it)."""
         return self.decoder is not None and self.decoder.packing
 
     def __init__(
