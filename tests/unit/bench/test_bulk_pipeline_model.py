@@ -23,6 +23,10 @@ def test_padded_batches_pay_padding_and_packed_ones_none(tmp_path: Path) -> None
     packed = _run(tmp_path, "packed", "--packed")
     assert 0.0 < padded["padding_share"] < 0.3
     assert packed["padding_share"] == 0.0
+    # The scheduler packs too (the modelled device alone would report no padding either way): a packed
+    # budget counts tokens, not items x longest, so the same load needs fewer, fuller batches.
+    assert packed["batches"] < padded["batches"]
+    assert packed["mean_items"] > padded["mean_items"]
     for row in (padded, packed):
         assert 0.0 < row["share_of_rate"] <= 1.01
         assert row["batches"] >= 10  # ~170k tokens in batches of at most 16,384

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -12,7 +11,7 @@ from typing import Any
 import pytest
 
 from servers.errors import QueueFullError, RequestTooLargeError, ServingError
-from servers.scheduler import BatchFailedError, BatchLimits, Lane, TokenBudgetScheduler
+from servers.scheduler import BatchFailedError, BatchLimits, Lane, NullObserver, TokenBudgetScheduler
 
 WAIT_S = 10.0
 
@@ -101,28 +100,28 @@ async def test_batches_respect_token_budget_and_size() -> None:
     assert max(len(b) for b in batches) > 1, "the scheduler never batched anything"
 
 
-async def test_packed_bulk_batches_fill_the_budget_first_fit_in_arrival_order() -> None:
+@pytest.mark.parametrize(("max_batch_size", "expected", "padded"), [
+    (8, [["j0", "j2", "j4"], ["j1"], ["j3"]], [(10, 10), (9, 9), (7, 7)]),
+    (2, [["j0", "j2"], ["j1"], ["j3", "j4"]], [(8, 8), (9, 9), (9, 9)]),  # the item limit binds too
+])
+async def test_packed_bulk_batches_fill_the_budget_first_fit_in_arrival_order(
+    max_batch_size: int, expected: list[list[str]], padded: list[tuple[int, int]]
+) -> None:
     """A packed lane counts the sum of tokens (no padding) and takes later, shorter items into the room an
-    earlier long one left; the observer is told no padded tokens."""
+    earlier long one left, up to ``max_batch_size`` items; the observer is told no padded tokens."""
 
-    @dataclass
-    class PaddingObserver:
-        padded: list[tuple[int, int]] = field(default_factory=list)
+    class PaddingObserver(NullObserver):
+        def __init__(self) -> None:
+            self.padded: list[tuple[int, int]] = []
 
         def observe_batch(self, lane: str, items: int, tokens: int, padded_tokens: int, seconds: float) -> None:
             if lane == "bulk":
                 self.padded.append((tokens, padded_tokens))
 
-        def observe_queue(self, lane: str, depth: int) -> None:
-            return None
-
-        def observe_dropped(self, lane: str, items: int) -> None:
-            return None
-
     recorder = Recorder(hold_first=True)
     observer = PaddingObserver()
     sched: TokenBudgetScheduler[Job, str] = TokenBudgetScheduler(
-        recorder, BatchLimits(max_batch_tokens=10, max_batch_size=8, max_wait_ms=0), observer=observer
+        recorder, BatchLimits(max_batch_tokens=10, max_batch_size=max_batch_size, max_wait_ms=0), observer=observer
     )
     sched.enable_packing()
     await sched.start()
@@ -132,8 +131,8 @@ async def test_packed_bulk_batches_fill_the_budget_first_fit_in_arrival_order() 
     finally:
         await sched.stop()
     assert results == [[f"out:j{i}"] for i in range(len(costs))]
-    assert [[j.name for j in b] for b in recorder.bulk_batches()[1:]] == [["j0", "j2", "j4"], ["j1"], ["j3"]]
-    assert observer.padded[1:] == [(10, 10), (9, 9), (7, 7)]
+    assert [[j.name for j in b] for b in recorder.bulk_batches()[1:]] == expected
+    assert observer.padded[1:] == padded
 
 
 async def test_oversized_single_item_still_runs_alone() -> None:
@@ -484,17 +483,10 @@ async def test_stopping_while_a_pipelined_batch_is_collected_answers_its_request
     await scheduler.start()
     request = asyncio.create_task(scheduler.submit([1, 2], [1, 1], priority=False))
     assert await asyncio.to_thread(collecting.wait, WAIT_S)
-    worker = scheduler._lanes["bulk"].tasks[0]
-
-    def release_once_the_worker_is_stopped() -> None:
-        # The collector may only finish after stop() has cancelled the worker (else the batch would simply be
-        # delivered); stop() then joins the collector thread, so this must come from a thread of its own.
-        deadline = time.monotonic() + WAIT_S
-        while not worker.done() and time.monotonic() < deadline:
-            time.sleep(0.005)
-        release.set()
-
-    threading.Thread(target=release_once_the_worker_is_stopped, daemon=True).start()
+    # The collector may only finish once stop() has cancelled the worker (else the batch would simply be
+    # delivered). A done callback registered now runs before stop() resumes from awaiting the worker (callbacks
+    # run in registration order), so the collector is released before stop() joins its thread.
+    scheduler._lanes["bulk"].tasks[0].add_done_callback(lambda _: release.set())
     await scheduler.stop()
     with pytest.raises(ServingError, match="shutting down"):
         await asyncio.wait_for(request, WAIT_S)

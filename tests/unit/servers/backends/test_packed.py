@@ -61,7 +61,7 @@ def _batch(*lengths: int) -> list[list[int]]:
     return [rng.integers(0, 150000, size=n).tolist() for n in lengths]
 
 
-def test_decoder_runs_bulk_batches_packed_and_exact() -> None:
+def test_decoder_runs_bulk_batches_packed_and_exact(monkeypatch: pytest.MonkeyPatch) -> None:
     """Bulk packed, priority padded: both give each text's own last hidden state (fp32, CPU)."""
     model = random_qwen3_causal_lm("tiny").model.eval()
     decoder = LastTokenDecoder(model, choose_placement("cpu", "float32", "sdpa"), PAD, None, PACKING, 512)
@@ -70,20 +70,17 @@ def test_decoder_runs_bulk_batches_packed_and_exact() -> None:
     assert model.config._attn_implementation == PACKED_ATTENTION
     calls: list[bool] = []
     real = packed_module.varlen_causal_attention
-    packed_module.varlen_causal_attention = lambda *a: calls.append(True) or real(*a)  # type: ignore[assignment]
-    try:
-        batch = _batch(7, 19, 3, 1, 60)
-        with torch.inference_mode():
-            bulk = decoder.run(batch, "bulk")
-            assert len(calls) == 2  # one per layer: the bulk batch went packed
-            priority = decoder.run(batch[:2], "priority")
-            assert len(calls) == 2  # the priority lane stays padded
-            for row, seq in enumerate(batch):
-                alone = model(input_ids=torch.tensor([seq]), use_cache=False).last_hidden_state[0, -1]
-                torch.testing.assert_close(bulk[row], alone, atol=1e-5, rtol=1e-5)
-            torch.testing.assert_close(priority, bulk[:2], atol=1e-5, rtol=1e-5)
-    finally:
-        packed_module.varlen_causal_attention = real  # type: ignore[assignment]
+    monkeypatch.setattr(packed_module, "varlen_causal_attention", lambda *a: calls.append(True) or real(*a))
+    batch = _batch(7, 19, 3, 1, 60)
+    with torch.inference_mode():
+        bulk = decoder.run(batch, "bulk")
+        assert len(calls) == 2  # one per layer: the bulk batch went packed
+        priority = decoder.run(batch[:2], "priority")
+        assert len(calls) == 2  # the priority lane stays padded
+        for row, seq in enumerate(batch):
+            alone = model(input_ids=torch.tensor([seq]), use_cache=False).last_hidden_state[0, -1]
+            torch.testing.assert_close(bulk[row], alone, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(priority, bulk[:2], atol=1e-5, rtol=1e-5)
 
 
 def test_packing_is_refused_with_a_reason_and_the_model_left_as_it_was(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -43,25 +43,31 @@ def tokenizer_dir(
 
 
 @pytest.mark.parametrize("add_special_tokens", [True, False])
-def test_encode_ids_equals_the_hugging_face_call(tokenizer_dir: Path, add_special_tokens: bool) -> None:
+def test_encode_ids_equals_the_hugging_face_call(
+    tokenizer_dir: Path, add_special_tokens: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     tok = load(tokenizer_dir)
     assert tok.is_fast
     expected = [list(ids) for ids in tok(TEXTS, add_special_tokens=add_special_tokens)["input_ids"]]
+    # The fast path must not fall back to the Hugging Face call (which would give the same ids).
+    monkeypatch.setattr(type(tok), "__call__", lambda *a, **k: pytest.fail("encode_ids took the slow path"))
     got = ThreadLocalTokenizer(tok).encode_ids(TEXTS, add_special_tokens=add_special_tokens)
     assert got == expected
     # The cases differ: special tokens in the text stay single ids, the long text stays whole.
     assert max(len(ids) for ids in got) > 512
 
 
-def test_encode_ids_is_not_truncated_by_an_earlier_truncating_call(tokenizer_dir: Path) -> None:
-    """A truncating call on the same thread's copy leaves truncation set on the Rust backend."""
+def test_encode_ids_is_neither_truncated_nor_padded_by_an_earlier_call(tokenizer_dir: Path) -> None:
+    """A truncating, padding call on the same thread's copy leaves both set on the Rust backend."""
     tok = load(tokenizer_dir)
     local = ThreadLocalTokenizer(tok)
-    local.get()(TEXTS[-1], truncation=True, max_length=16)
-    assert local.get().backend_tokenizer.truncation is not None
-    full = local.encode_ids([TEXTS[-1]])[0]
-    assert full == list(tok(TEXTS[-1])["input_ids"])
-    assert len(full) > 512
+    local.get()(TEXTS, truncation=True, max_length=16, padding=True)
+    backend = local.get().backend_tokenizer
+    assert backend.truncation is not None
+    assert backend.padding is not None
+    got = local.encode_ids(TEXTS)
+    assert got == [list(ids) for ids in tok(TEXTS)["input_ids"]]
+    assert len(got[-1]) > 512
 
 
 def test_encode_ids_honours_split_special_tokens(qwen_tokenizer_plain_dir: Path) -> None:
